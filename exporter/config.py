@@ -1,0 +1,237 @@
+"""Configuration: a YAML file validated strictly into typed dataclasses.
+
+Defaults fit a stock Ubuntu/Debian host as described in the runbook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class PhpFpmPool:
+    """A PHP-FPM listener to probe: a unix socket path or ``host:port``."""
+
+    socket: str = "/run/php/php8.3-fpm.sock"
+    ping_path: str | None = "/ping"
+    ping_response: str = "pong"
+    status_path: str | None = "/status"
+    timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """An HTTP endpoint to probe; ``role`` says what a failure means."""
+
+    name: str
+    url: str
+    role: Literal["backend", "front"] = "backend"
+    timeout_seconds: float = 5.0
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    """How to run ``nginx -t``."""
+
+    binary: str = "nginx"
+    config: str | None = None
+    prefix: str | None = None
+    test: bool = True
+    test_interval_seconds: float = 30.0
+    test_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class ProcessPatterns:
+    """Regular expressions matched against a process's command line; children count too."""
+
+    nginx: str = r"^nginx: master process"
+    php_fpm: str = r"^php-fpm: master process"
+    backend: str = r"\b(uvicorn|gunicorn|hypercorn)\b"
+
+
+@dataclass(frozen=True)
+class Units:
+    """systemd unit names, used for fix commands and the unit-state check."""
+
+    nginx: str = "nginx.service"
+    php_fpm: str = "php8.3-fpm.service"
+    backend: str = "iiko-backend.service"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a resource figure becomes a cause."""
+
+    memory_available_ratio: float = 0.05
+    filesystem_avail_ratio: float = 0.02
+    filesystem_avail_bytes: int = 100 * 1024 * 1024
+    filesystem_files_free_ratio: float = 0.02
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Which logs to tail and how."""
+
+    nginx: list[str] = field(default_factory=lambda: ["/var/log/nginx/*error.log"])
+    php_fpm: list[str] = field(default_factory=lambda: ["/var/log/php*-fpm.log"])
+    start: Literal["end", "beginning"] = "end"
+    state_file: str | None = None
+    max_upstreams: int = 20
+    poll_interval_seconds: float = 0.25
+
+
+def _default_http() -> list[HttpTarget]:
+    return [
+        HttpTarget(name="backend", url="http://127.0.0.1:8000/health", role="backend"),
+        HttpTarget(name="front", url="http://localhost/", role="front"),
+    ]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the exporter and ``diagnose`` need to know about the host."""
+
+    listen_address: str = ":9502"
+    nginx_user: str = "www-data"
+    scrape_timeout_seconds: float = 10.0
+    scrape_timeout_margin_seconds: float = 0.5
+    php_fpm: list[PhpFpmPool] = field(default_factory=lambda: [PhpFpmPool()])
+    http: list[HttpTarget] = field(default_factory=_default_http)
+    nginx: NginxSettings = field(default_factory=NginxSettings)
+    processes: ProcessPatterns = field(default_factory=ProcessPatterns)
+    units: Units = field(default_factory=Units)
+    filesystems: list[str] = field(
+        default_factory=lambda: ["/run/php", "/var/log/nginx", "/var/www", "/tmp"]
+    )
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    logs: LogSettings = field(default_factory=LogSettings)
+
+
+def load_config(path: str | None) -> Config:
+    """Read ``path`` (or return the defaults when it is None)."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    if data is None:
+        data = {}
+    return config_from_dict(data, source=path)
+
+
+def config_from_dict(data: object, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a :class:`Config`."""
+    config = _build(Config, data, source, "")
+    _check_values(config, source)
+    return typing.cast(Config, config)
+
+
+def _check_values(config: Config, source: str) -> None:
+    if config.scrape_timeout_seconds <= 0:
+        raise ConfigError(f"{source}: scrape_timeout_seconds: must be positive")
+    if not 0 <= config.scrape_timeout_margin_seconds < config.scrape_timeout_seconds:
+        raise ConfigError(f"{source}: scrape_timeout_margin_seconds: must be below scrape_timeout_seconds")
+    names = [target.name for target in config.http]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{source}: http: target name {name!r} used twice")
+    for index, pool in enumerate(config.php_fpm):
+        if not pool.socket:
+            raise ConfigError(f"{source}: php_fpm[{index}].socket: must not be empty")
+    for index, target in enumerate(config.http):
+        if not target.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: http[{index}].url: must start with http:// or https://")
+
+
+def _describe(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            tp.__name__, f"a mapping ({tp.__name__})"
+        )
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) if a is not type(None) else "null" for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _build(tp: Any, value: object, source: str, key: str) -> object:
+    where = f"{source}: {key or '<top level>'}"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, source, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_build(item_type, item, source, f"{key}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        kwargs: dict[str, object] = {}
+        for name, item in value.items():
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in known:
+                raise ConfigError(f"{source}: {sub}: unknown key")
+            kwargs[name] = _build(hints[name], item, source, sub)
+        missing = [
+            f.name
+            for f in dataclasses.fields(tp)
+            if f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ConfigError(f"{source}: {key + '.' if key else ''}{missing[0]}: required key missing")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp!r}")
