@@ -6,6 +6,7 @@ Defaults fit a stock Ubuntu/Debian host as described in the runbook.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class NginxSettings:
     binary: str = "nginx"
     config: str | None = None
     prefix: str | None = None
+    error_log: str | None = None
     test: bool = True
     test_interval_seconds: float = 30.0
     test_timeout_seconds: float = 5.0
@@ -113,9 +115,7 @@ class Config:
     nginx: NginxSettings = field(default_factory=NginxSettings)
     processes: ProcessPatterns = field(default_factory=ProcessPatterns)
     units: Units = field(default_factory=Units)
-    filesystems: list[str] = field(
-        default_factory=lambda: ["/run/php", "/var/log/nginx", "/var/www", "/tmp"]
-    )
+    filesystems: list[str] = field(default_factory=lambda: ["/run/php", "/var/log/nginx", "/var/www", "/tmp"])
     thresholds: Thresholds = field(default_factory=Thresholds)
     logs: LogSettings = field(default_factory=LogSettings)
 
@@ -144,9 +144,9 @@ def load_config(path: str | None) -> Config:
 
 def config_from_dict(data: object, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
-    config = _build(Config, data, source, "")
+    config = typing.cast(Config, _build(Config, data, source, ""))
     _check_values(config, source)
-    return typing.cast(Config, config)
+    return config
 
 
 def _check_values(config: Config, source: str) -> None:
@@ -161,6 +161,11 @@ def _check_values(config: Config, source: str) -> None:
     for index, pool in enumerate(config.php_fpm):
         if not pool.socket:
             raise ConfigError(f"{source}: php_fpm[{index}].socket: must not be empty")
+    for name in ("nginx", "php_fpm", "backend"):
+        try:
+            re.compile(getattr(config.processes, name))
+        except re.error as exc:
+            raise ConfigError(f"{source}: processes.{name}: invalid regular expression: {exc}") from None
     for index, target in enumerate(config.http):
         if not target.url.startswith(("http://", "https://")):
             raise ConfigError(f"{source}: http[{index}].url: must start with http:// or https://")

@@ -1,0 +1,187 @@
+"""``ps aux | grep -E 'php-fpm|uvicorn|nginx'``: the process view, which also works in containers."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psutil
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.config import ProcessPatterns
+from exporter.deadline import Deadline
+
+SERVICES = ("nginx", "php_fpm", "backend")
+_TITLE_SETTLE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ServiceProcesses:
+    """The processes of one service: the matched main processes and all their descendants."""
+
+    service: str
+    count: int
+    resident_memory_bytes: int
+    main_pids: tuple[int, ...]
+    main_commands: tuple[str, ...]
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProcessesResult:
+    """Processes per service."""
+
+    services: tuple[ServiceProcesses, ...]
+
+    def of(self, service: str) -> ServiceProcesses | None:
+        return next((s for s in self.services if s.service == service), None)
+
+
+@dataclass(frozen=True)
+class _ProcEntry:
+    pid: int
+    ppid: int
+    command: str
+
+
+class ProcessesCheck:
+    """Counts and resident memory of nginx, php-fpm and the backend, found by command line.
+
+    The process table is read from ``/proc/PID/stat`` (one read a process); command lines are read
+    once per process start and cached, since a scrape must stay within milliseconds.
+    """
+
+    collector = "processes"
+
+    def __init__(self, patterns: ProcessPatterns, proc_root: str = "/proc") -> None:
+        self._patterns = {service: re.compile(getattr(patterns, service)) for service in SERVICES}
+        self._proc = proc_root
+        self._commands: dict[tuple[int, int], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, deadline: Deadline) -> ProcessesResult:
+        with self._lock:
+            table = self._scan()
+        children: dict[int, list[int]] = {}
+        for entry in table.values():
+            children.setdefault(entry.ppid, []).append(entry.pid)
+        services = []
+        for service, pattern in self._patterns.items():
+            mains = [pid for pid, entry in table.items() if pattern.search(entry.command)]
+            members: set[int] = set()
+            stack = list(mains)
+            while stack:
+                pid = stack.pop()
+                if pid not in members:
+                    members.add(pid)
+                    stack.extend(children.get(pid, ()))
+            top = sorted(pid for pid in mains if table[pid].ppid not in members)
+            services.append(_describe(service, top, [table[pid].command for pid in top], members))
+        return ProcessesResult(services=tuple(services))
+
+    def _scan(self) -> dict[int, _ProcEntry]:
+        table: dict[int, _ProcEntry] = {}
+        seen: set[tuple[int, int]] = set()
+        now = time.monotonic()
+        for name in os.listdir(self._proc):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"{self._proc}/{name}/stat", "rb") as stat_file:
+                    raw = stat_file.read()
+            except OSError:
+                continue
+            # comm may hold spaces and parentheses: fields start after the last ')'.
+            fields = raw[raw.rfind(b")") + 2 :].split()
+            if len(fields) < 20 or fields[0] == b"Z":
+                continue
+            pid = int(name)
+            key = (pid, int(fields[19]))
+            seen.add(key)
+            cached = self._commands.get(key)
+            if cached is not None and now - cached[1] > _TITLE_SETTLE_SECONDS:
+                command = cached[0]
+            else:
+                # A new process may still rename itself (php-fpm, nginx set their titles after exec).
+                command = self._read_command(pid, raw)
+                self._commands[key] = (command, cached[1] if cached else now)
+            table[pid] = _ProcEntry(pid=pid, ppid=int(fields[1]), command=command)
+        for key in self._commands.keys() - seen:
+            del self._commands[key]
+        return table
+
+    def _read_command(self, pid: int, stat_raw: bytes) -> str:
+        try:
+            with open(f"{self._proc}/{pid}/cmdline", "rb") as cmdline_file:
+                cmdline = cmdline_file.read(4096)
+        except OSError:
+            cmdline = b""
+        command = cmdline.replace(b"\0", b" ").strip().decode("utf-8", "replace")
+        if not command:
+            command = stat_raw[stat_raw.find(b"(") + 1 : stat_raw.rfind(b")")].decode("utf-8", "replace")
+        return command
+
+
+def _describe(
+    service: str, main_pids: list[int], main_commands: list[str], members: set[int]
+) -> ServiceProcesses:
+    rss = 0
+    count = 0
+    users: set[str] = set()
+    for pid in members:
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                rss += process.memory_info().rss
+                users.add(process.username())
+            count += 1
+        except psutil.Error:
+            continue
+    return ServiceProcesses(
+        service=service,
+        count=count,
+        resident_memory_bytes=rss,
+        main_pids=tuple(main_pids),
+        main_commands=tuple(command[:200] for command in main_commands),
+        users=tuple(sorted(users)),
+    )
+
+
+def metric_families(result: ProcessesResult) -> Iterable[Metric]:
+    """``process_count`` and ``process_resident_memory_bytes`` per service."""
+    count = GaugeMetricFamily(
+        "badgateway_process_count",
+        "Processes of the service (main processes and their children).",
+        labels=["service"],
+    )
+    rss = GaugeMetricFamily(
+        "badgateway_process_resident_memory_bytes",
+        "Resident memory of the service's processes.",
+        labels=["service"],
+    )
+    for service in result.services:
+        count.add_metric([service.service], float(service.count))
+        rss.add_metric([service.service], float(service.resident_memory_bytes))
+    return (count, rss)
+
+
+def listening_addresses(pids: Iterable[int]) -> list[str]:
+    """Unix socket paths and TCP ``host:port`` the given processes listen on (``ss -xlp``)."""
+    found: list[str] = []
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="all")
+        except psutil.Error:
+            continue
+        for conn in connections:
+            if conn.family == socket.AF_UNIX and isinstance(conn.laddr, str) and conn.laddr:
+                found.append(conn.laddr)
+            elif conn.status == psutil.CONN_LISTEN and conn.laddr:
+                host, port = conn.laddr[0], conn.laddr[1]
+                found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return sorted(set(found))

@@ -1,0 +1,141 @@
+"""``free -h`` and ``df -h``: memory, swap, OOM kills and the filesystems the stack writes to."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.deadline import Deadline
+
+
+@dataclass(frozen=True)
+class FilesystemUsage:
+    """One mounted filesystem holding some of the watched paths."""
+
+    mountpoint: str
+    paths: tuple[str, ...]
+    size_bytes: int
+    avail_bytes: int
+    files: int
+    files_free: int
+
+
+@dataclass(frozen=True)
+class ResourcesResult:
+    """Memory, swap, the kernel's OOM-kill counter and filesystem usage."""
+
+    memory_total_bytes: int
+    memory_available_bytes: int
+    swap_total_bytes: int
+    swap_free_bytes: int
+    oom_kills: int | None  # None on kernels before 4.13, which do not count them
+    filesystems: tuple[FilesystemUsage, ...]
+    missing_paths: tuple[str, ...]
+
+
+def _mountpoint(path: str) -> str:
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+class ResourcesCheck:
+    """Reads ``/proc/meminfo``, ``/proc/vmstat`` and ``statvfs()`` of each watched path's mount."""
+
+    collector = "resources"
+
+    def __init__(self, paths: Iterable[str], proc_root: str = "/proc") -> None:
+        self._paths = tuple(paths)
+        self._proc = proc_root
+
+    def run(self, deadline: Deadline) -> ResourcesResult:
+        meminfo = self._read_meminfo()
+        mounts: dict[str, list[str]] = {}
+        missing: list[str] = []
+        for path in self._paths:
+            if os.path.exists(path):
+                mounts.setdefault(_mountpoint(path), []).append(path)
+            else:
+                missing.append(path)
+        filesystems = []
+        for mountpoint, paths in sorted(mounts.items()):
+            st = os.statvfs(mountpoint)
+            filesystems.append(
+                FilesystemUsage(
+                    mountpoint=mountpoint,
+                    paths=tuple(paths),
+                    size_bytes=st.f_blocks * st.f_frsize,
+                    avail_bytes=st.f_bavail * st.f_frsize,
+                    files=st.f_files,
+                    files_free=st.f_favail,
+                )
+            )
+        return ResourcesResult(
+            memory_total_bytes=meminfo["MemTotal"],
+            memory_available_bytes=meminfo.get("MemAvailable", meminfo.get("MemFree", 0)),
+            swap_total_bytes=meminfo.get("SwapTotal", 0),
+            swap_free_bytes=meminfo.get("SwapFree", 0),
+            oom_kills=self._read_oom_kills(),
+            filesystems=tuple(filesystems),
+            missing_paths=tuple(missing),
+        )
+
+    def _read_meminfo(self) -> dict[str, int]:
+        values: dict[str, int] = {}
+        with open(f"{self._proc}/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts:
+                    values[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+        return values
+
+    def _read_oom_kills(self) -> int | None:
+        with open(f"{self._proc}/vmstat", encoding="ascii") as vmstat:
+            for line in vmstat:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        return None
+
+
+def metric_families(result: ResourcesResult) -> Iterable[Metric]:
+    """Memory, swap, OOM kills and per-mount filesystem figures."""
+    families: list[Metric] = [
+        GaugeMetricFamily(
+            "badgateway_memory_total_bytes", "Physical memory.", value=result.memory_total_bytes
+        ),
+        GaugeMetricFamily(
+            "badgateway_memory_available_bytes",
+            "Memory available for new work without swapping (MemAvailable).",
+            value=result.memory_available_bytes,
+        ),
+        GaugeMetricFamily("badgateway_swap_total_bytes", "Swap space.", value=result.swap_total_bytes),
+        GaugeMetricFamily("badgateway_swap_free_bytes", "Unused swap space.", value=result.swap_free_bytes),
+    ]
+    if result.oom_kills is not None:
+        families.append(
+            CounterMetricFamily(
+                "badgateway_oom_kills",
+                "Processes killed by the kernel's OOM killer since boot.",
+                value=result.oom_kills,
+            )
+        )
+    size = GaugeMetricFamily("badgateway_filesystem_size_bytes", "Filesystem size.", labels=["mountpoint"])
+    avail = GaugeMetricFamily(
+        "badgateway_filesystem_avail_bytes", "Space available to unprivileged users.", labels=["mountpoint"]
+    )
+    files_free = GaugeMetricFamily(
+        "badgateway_filesystem_files_free",
+        "Free inodes available to unprivileged users.",
+        labels=["mountpoint"],
+    )
+    for fs in result.filesystems:
+        size.add_metric([fs.mountpoint], float(fs.size_bytes))
+        avail.add_metric([fs.mountpoint], float(fs.avail_bytes))
+        files_free.add_metric([fs.mountpoint], float(fs.files_free))
+    families += [size, avail, files_free]
+    return families

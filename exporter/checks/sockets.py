@@ -1,0 +1,207 @@
+"""The PHP-FPM socket, as ``ls -la`` shows it and as the nginx worker user can reach it."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.deadline import Deadline
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """The uid, gid and supplementary groups a process of ``name`` runs with."""
+
+    name: str
+    uid: int
+    gids: frozenset[int]
+
+    @classmethod
+    def lookup(cls, name: str) -> UserIdentity | None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+        return cls(name=name, uid=entry.pw_uid, gids=frozenset(gids))
+
+
+@dataclass(frozen=True)
+class BlockedPath:
+    """The first path component that denies the user what it needs, and why."""
+
+    path: str
+    needs: str  # "search" (x on a folder) or "write" (w on the socket)
+    owner: str
+    group: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class SocketResult:
+    """What one PHP-FPM unix socket looks like."""
+
+    path: str
+    exists: bool
+    is_socket: bool
+    owner: str | None
+    group: str | None
+    mode: str | None  # e.g. "0660"
+    user: str
+    user_known: bool
+    accessible: bool | None  # None when the user does not exist on this host
+    blocked_by: BlockedPath | None
+    connectable: bool
+    connect_errno: int | None
+    connect_error: str | None
+
+
+class SocketsCheck:
+    """Existence, ownership, the worker user's access and ``connect()`` of each unix socket."""
+
+    collector = "sockets"
+
+    def __init__(self, paths: Iterable[str], user: str) -> None:
+        self._paths = tuple(paths)
+        self._user = user
+
+    def run(self, deadline: Deadline) -> tuple[SocketResult, ...]:
+        identity = UserIdentity.lookup(self._user)
+        return tuple(inspect_socket(path, self._user, identity, deadline) for path in self._paths)
+
+
+def _name_of_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _name_of_gid(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _permits(st: os.stat_result, who: UserIdentity, bit_user: int, bit_group: int, bit_other: int) -> bool:
+    if who.uid == 0:
+        # root passes permission checks; only search on a folder needs at least one x bit.
+        return bit_user != stat.S_IXUSR or bool(st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    if st.st_uid == who.uid:
+        return bool(st.st_mode & bit_user)
+    if st.st_gid in who.gids:
+        return bool(st.st_mode & bit_group)
+    return bool(st.st_mode & bit_other)
+
+
+def find_blocker(path: Path, who: UserIdentity) -> BlockedPath | None:
+    """The first folder lacking search permission or the socket lacking write permission for ``who``."""
+    folders = list(reversed(path.parents))
+    for folder in folders:
+        st = os.stat(folder)
+        if not _permits(st, who, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+            return _blocked(str(folder), "search", st)
+    st = os.stat(path)
+    if not _permits(st, who, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH):
+        return _blocked(str(path), "write", st)
+    return None
+
+
+def _blocked(path: str, needs: str, st: os.stat_result) -> BlockedPath:
+    return BlockedPath(
+        path=path,
+        needs=needs,
+        owner=_name_of_uid(st.st_uid),
+        group=_name_of_gid(st.st_gid),
+        mode=f"{stat.S_IMODE(st.st_mode):04o}",
+    )
+
+
+def inspect_socket(path: str, user: str, identity: UserIdentity | None, deadline: Deadline) -> SocketResult:
+    """Look at one socket path: ``ls -la``, the user's access, then a real ``connect()``."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return SocketResult(
+            path=path, exists=False, is_socket=False, owner=None, group=None, mode=None,
+            user=user, user_known=identity is not None, accessible=False if identity else None,
+            blocked_by=None, connectable=False, connect_errno=exc.errno,
+            connect_error=os.strerror(exc.errno) if exc.errno else str(exc),
+        )  # fmt: skip
+    is_socket = stat.S_ISSOCK(st.st_mode)
+    blocked = find_blocker(Path(path), identity) if identity else None
+    connect_errno: int | None = None
+    connect_error: str | None = None
+    if is_socket:
+        connect_errno = _try_connect(path, deadline)
+        if connect_errno is not None:
+            connect_error = "timed out" if connect_errno == errno.ETIMEDOUT else os.strerror(connect_errno)
+    else:
+        connect_errno, connect_error = errno.ENOTSOCK, "not a socket"
+    return SocketResult(
+        path=path,
+        exists=True,
+        is_socket=is_socket,
+        owner=_name_of_uid(st.st_uid),
+        group=_name_of_gid(st.st_gid),
+        mode=f"{stat.S_IMODE(st.st_mode):04o}",
+        user=user,
+        user_known=identity is not None,
+        accessible=(blocked is None and is_socket) if identity else None,
+        blocked_by=blocked,
+        connectable=is_socket and connect_errno is None,
+        connect_errno=connect_errno,
+        connect_error=connect_error,
+    )
+
+
+def _try_connect(path: str, deadline: Deadline) -> int | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(deadline.remaining())
+        sock.connect(path)
+    except TimeoutError:
+        return errno.ETIMEDOUT
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    finally:
+        sock.close()
+    return None
+
+
+def metric_families(results: Iterable[SocketResult]) -> Iterable[Metric]:
+    """``socket_exists``, ``socket_info``, ``socket_accessible``, ``socket_connectable``."""
+    exists = GaugeMetricFamily(
+        "badgateway_socket_exists", "1 if the PHP-FPM socket path exists and is a socket.", labels=["socket"]
+    )
+    info = GaugeMetricFamily(
+        "badgateway_socket_info",
+        "Owner, group and mode of the PHP-FPM socket (always 1).",
+        labels=["socket", "owner", "group", "mode"],
+    )
+    accessible = GaugeMetricFamily(
+        "badgateway_socket_accessible",
+        "1 if the user may connect: write on the socket and search on every parent folder.",
+        labels=["socket", "user"],
+    )
+    connectable = GaugeMetricFamily(
+        "badgateway_socket_connectable", "1 if connect() to the socket succeeds.", labels=["socket"]
+    )
+    for result in results:
+        exists.add_metric([result.path], float(result.exists and result.is_socket))
+        if result.exists and result.owner is not None:
+            info.add_metric([result.path, result.owner, result.group or "", result.mode or ""], 1.0)
+        if result.accessible is not None:
+            accessible.add_metric([result.path, result.user], float(result.accessible))
+        connectable.add_metric([result.path], float(result.connectable))
+    return (exists, info, accessible, connectable)

@@ -1,0 +1,217 @@
+"""Command line: serve ``/metrics`` (default), ``diagnose`` once, and the helper commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from exporter import __version__
+from exporter.causes import CAUSES
+from exporter.config import Config, ConfigError, load_config
+from exporter.diagnosis import Diagnosis, Finding, Verdict
+from exporter.server import Exporter, make_server
+
+PROG = "badgateway-exporter"
+log = logging.getLogger(PROG)
+
+
+class UsageError(Exception):
+    """Bad flags or values on the command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Why is nginx answering 502/504? Prometheus exporter and diagnosis."
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML configuration file (defaults fit a stock Debian/Ubuntu host)"
+    )
+    parser.add_argument(
+        "--web.listen-address", dest="listen_address", metavar="ADDR", help="[host]:port, default :9502"
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser("serve", help="serve /metrics (the default)")
+    diag = sub.add_parser("diagnose", help="run every check once and print the verdict and the fix")
+    diag.add_argument("--format", choices=["text", "json"], default="text")
+    diag.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="deadline for all checks"
+    )
+    sub.add_parser(
+        "logs", help="classify or analyze nginx / PHP-FPM logs offline (logs --help)", add_help=False
+    )
+    sub.add_parser("rules", help="render the Prometheus alert rules (rules --help)", add_help=False)
+    sub.add_parser("demo", help="run the bundled demo stack with the exporter (demo --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``badgateway-exporter`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    passthrough = _passthrough(args_list)
+    if passthrough is not None:
+        return passthrough
+    try:
+        args = _parser().parse_args(args_list)
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        config = load_config(args.config)
+        if args.listen_address:
+            config = _replace_listen(config, args.listen_address)
+        if args.command == "diagnose":
+            return run_diagnose(config, args.format, args.timeout)
+        return serve(config)
+    except (ConfigError, UsageError) as exc:
+        print(f"{PROG}: {exc}" if not str(exc).startswith(PROG) else str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _passthrough(argv: list[str]) -> int | None:
+    """``logs``, ``rules`` and ``demo`` parse their own arguments."""
+    if not argv or argv[0] not in ("logs", "rules", "demo"):
+        return None
+    command, rest = argv[0], argv[1:]
+    if command == "logs":
+        from exporter.logs.cli import main as logs_main
+
+        return logs_main(rest)
+    if command == "rules":
+        from exporter.rules import main as rules_main
+
+        return rules_main(rest)
+    from exporter.demo.cli import main as demo_main
+
+    return demo_main(rest)
+
+
+def _replace_listen(config: Config, address: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, listen_address=address)
+
+
+def serve(config: Config) -> int:
+    """Serve ``/metrics`` until SIGTERM or SIGINT."""
+    exporter = Exporter(config)
+    try:
+        server = make_server(exporter, config.listen_address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        exporter.close()
+        print(f"{PROG}: cannot listen on {config.listen_address}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    log.info("badgateway-exporter %s listening on %s:%s", __version__, host, port)
+    stop.wait()
+    log.info("shutting down")
+    server.shutdown()
+    server.server_close()
+    exporter.close()
+    return 0
+
+
+_MARKS = {Verdict.OK: "ok  ", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip"}
+_COLORS = {Verdict.OK: "32", Verdict.WARN: "33", Verdict.FAIL: "31;1", Verdict.SKIP: "90"}
+
+
+def run_diagnose(config: Config, output_format: str, timeout: float | None) -> int:
+    """Run every check once; exit 0 healthy, 1 when a cause or a gateway error is found."""
+    exporter = Exporter(config)
+    try:
+        _, diagnosis = exporter.check(timeout or config.scrape_timeout_seconds)
+    finally:
+        exporter.close()
+    if output_format == "json":
+        print(json.dumps(diagnosis_json(diagnosis), indent=2))
+    else:
+        print(render_text(diagnosis, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return 0 if diagnosis.healthy else 1
+
+
+def _finding_json(finding: Finding) -> dict[str, object]:
+    return {
+        "step": finding.step,
+        "title": finding.title,
+        "verdict": finding.verdict.value,
+        "evidence": list(finding.evidence),
+        "cause": finding.cause.value if finding.cause else None,
+        "fix": list(finding.fix),
+    }
+
+
+def diagnosis_json(diagnosis: Diagnosis) -> dict[str, object]:
+    """The diagnosis as a JSON-able document (``diagnose --format json``)."""
+    causes = []
+    for cause in sorted(diagnosis.causes):
+        info = CAUSES[cause]
+        fixes = [list(f.fix) for f in diagnosis.findings if f.cause == cause and f.verdict == Verdict.FAIL]
+        causes.append(
+            {"cause": cause.value, "title": info.title, "alert": info.alert, "runbook": info.runbook_path,
+             "fix": fixes[0] if fixes else []}
+        )  # fmt: skip
+    return {
+        "healthy": diagnosis.healthy,
+        "causes": causes,
+        "gateway_errors": list(diagnosis.gateway_errors),
+        "findings": [_finding_json(f) for f in diagnosis.findings],
+    }
+
+
+def render_text(diagnosis: Diagnosis, color: bool = False) -> str:
+    """The diagnosis for a person at a terminal: each step, its evidence, the verdict and the fix."""
+
+    def paint(text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if color else text
+
+    lines = []
+    for finding in diagnosis.findings:
+        mark = paint(f"[{_MARKS[finding.verdict]}]", _COLORS[finding.verdict])
+        lines.append(f"{mark} {finding.title}")
+        lines.extend(f"       {item}" for item in finding.evidence)
+        if finding.verdict in (Verdict.FAIL, Verdict.WARN):
+            if finding.cause:
+                lines.append(f"       cause: {finding.cause.value}")
+            lines.extend(f"       fix:   {command}" for command in finding.fix)
+    lines.append("")
+    if diagnosis.healthy:
+        lines.append(paint("Verdict: no cause of 502/504 found.", "32;1"))
+        return "\n".join(lines)
+    if diagnosis.causes:
+        lines.append(paint(f"Verdict: {len(diagnosis.causes)} cause(s) of 502/504 found:", "31;1"))
+        for cause in sorted(diagnosis.causes):
+            info = CAUSES[cause]
+            lines.append(f"  {cause.value}: {info.title} (runbook: {info.runbook_path})")
+            first = next(f for f in diagnosis.findings if f.cause == cause and f.verdict == Verdict.FAIL)
+            lines.extend(f"      {command}" for command in first.fix)
+    if diagnosis.gateway_errors:
+        lines.append("Gateway errors seen: " + "; ".join(diagnosis.gateway_errors))
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Run every check once, concurrently, under one deadline; share a round among concurrent callers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.checks.fastcgi import FastCGICheck, FastCGIResult
+from exporter.checks.http import HttpCheck, HttpResult
+from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
+from exporter.checks.processes import ProcessesCheck, ProcessesResult
+from exporter.checks.resources import ResourcesCheck, ResourcesResult
+from exporter.checks.sockets import SocketResult, SocketsCheck
+from exporter.config import Config
+from exporter.deadline import Deadline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectorOutcome:
+    """Whether a collector produced its results in time, and how long it took."""
+
+    collector: str
+    success: bool
+    duration_seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundResults:
+    """Everything one round of checks found; read by both the metrics and the diagnosis views."""
+
+    timeout_seconds: float
+    sockets: tuple[SocketResult, ...] = ()
+    fastcgi: tuple[FastCGIResult, ...] = ()
+    http: tuple[HttpResult, ...] = ()
+    processes: ProcessesResult | None = None
+    resources: ResourcesResult | None = None
+    nginx_config: NginxConfigResult | None = None
+    collectors: tuple[CollectorOutcome, ...] = field(default=())
+
+
+@dataclass
+class _Task:
+    collector: str
+    run: Callable[[Deadline], Any]
+    running: threading.Event = field(default_factory=threading.Event)
+
+
+class Prober:
+    """Owns the checks built from the configuration and runs them in rounds."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
+        self._http_checks = [HttpCheck(target) for target in config.http]
+        self._tasks: list[_Task] = [
+            _Task(SocketsCheck.collector, SocketsCheck(unix_sockets, config.nginx_user).run),
+            _Task(ProcessesCheck.collector, ProcessesCheck(config.processes).run),
+            _Task(ResourcesCheck.collector, ResourcesCheck(config.filesystems).run),
+        ]
+        self._tasks += [_Task(FastCGICheck.collector, FastCGICheck(pool).run) for pool in config.php_fpm]
+        self._tasks += [_Task(HttpCheck.collector, check.run) for check in self._http_checks]
+        if config.nginx.test:
+            self._tasks.append(_Task(NginxConfigCheck.collector, NginxConfigCheck(config.nginx).run))
+        # One thread per task is enough: a task still running from an earlier round is not started again.
+        self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
+        self._lock = threading.Lock()
+        self._inflight: Future[RoundResults] | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for check in self._http_checks:
+            check.close()
+
+    def collect(self, timeout_seconds: float) -> RoundResults:
+        """Results of a round started now, or of the round already in flight."""
+        with self._lock:
+            inflight = self._inflight
+            if inflight is None or inflight.done():
+                inflight = Future()
+                self._inflight = inflight
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            return inflight.result()
+        try:
+            results = self.run_round(timeout_seconds)
+        except BaseException as exc:
+            inflight.set_exception(exc)
+            raise
+        inflight.set_result(results)
+        return results
+
+    def run_round(self, timeout_seconds: float) -> RoundResults:
+        """Run every check concurrently; whatever is not back by the deadline counts as failed."""
+        deadline = Deadline.after(timeout_seconds)
+        started = time.monotonic()
+        futures: dict[Future[Any], _Task] = {}
+        outcomes: list[CollectorOutcome] = []
+        for task in self._tasks:
+            if task.running.is_set():
+                outcomes.append(
+                    CollectorOutcome(task.collector, False, 0.0, "still running from an earlier round")
+                )
+                continue
+            task.running.set()
+            futures[self._executor.submit(self._timed, task, deadline)] = task
+        done, not_done = wait(futures, timeout=deadline.remaining())
+        values: dict[str, list[Any]] = {}
+        for future in done:
+            task = futures[future]
+            try:
+                value, duration = future.result()
+            except Exception as exc:
+                log.warning("check %s failed: %s", task.collector, exc, exc_info=exc)
+                outcomes.append(
+                    CollectorOutcome(task.collector, False, time.monotonic() - started, repr(exc))
+                )
+                continue
+            values.setdefault(task.collector, []).append(value)
+            outcomes.append(CollectorOutcome(task.collector, True, duration))
+        for future in not_done:
+            task = futures[future]
+            outcomes.append(
+                CollectorOutcome(
+                    task.collector, False, time.monotonic() - started, "did not finish before the deadline"
+                )
+            )
+        return RoundResults(
+            timeout_seconds=timeout_seconds,
+            sockets=_first(values, SocketsCheck.collector) or (),
+            fastcgi=tuple(values.get(FastCGICheck.collector, ())),
+            http=tuple(values.get(HttpCheck.collector, ())),
+            processes=_first(values, ProcessesCheck.collector),
+            resources=_first(values, ResourcesCheck.collector),
+            nginx_config=_first(values, NginxConfigCheck.collector),
+            collectors=_merge_outcomes(outcomes),
+        )
+
+    @staticmethod
+    def _timed(task: _Task, deadline: Deadline) -> tuple[Any, float]:
+        started = time.monotonic()
+        try:
+            return task.run(deadline), time.monotonic() - started
+        finally:
+            task.running.clear()
+
+
+def _merge_outcomes(outcomes: list[CollectorOutcome]) -> tuple[CollectorOutcome, ...]:
+    """One outcome per collector: failed if any of its tasks failed, duration of the slowest."""
+    merged: dict[str, CollectorOutcome] = {}
+    for outcome in outcomes:
+        previous = merged.get(outcome.collector)
+        if previous is None:
+            merged[outcome.collector] = outcome
+            continue
+        merged[outcome.collector] = CollectorOutcome(
+            outcome.collector,
+            previous.success and outcome.success,
+            max(previous.duration_seconds, outcome.duration_seconds),
+            previous.error or outcome.error,
+        )
+    return tuple(merged[name] for name in sorted(merged))
+
+
+def _first(values: dict[str, list[Any]], collector: str) -> Any:
+    found = values.get(collector)
+    return found[0] if found else None
+
+
+def _is_unix(address: str) -> bool:
+    return address.startswith(("/", "unix:"))
