@@ -153,9 +153,9 @@ def _describe(
 
 
 def metric_families(result: ProcessesResult) -> Iterable[Metric]:
-    """``process_count`` and ``process_resident_memory_bytes`` per service."""
+    """``processes`` and ``process_resident_memory_bytes`` per service."""
     count = GaugeMetricFamily(
-        "badgateway_process_count",
+        "badgateway_processes",
         "Processes of the service (main processes and their children).",
         labels=["service"],
     )
