@@ -69,8 +69,10 @@ class Units:
     """systemd unit names, used for fix commands and the unit-state check."""
 
     nginx: str = "nginx.service"
-    php_fpm: str = "php8.3-fpm.service"
+    php_fpm: str | None = None  # None: the php*-fpm.service installed on the host, else php-fpm.service
     backend: str = "iiko-backend.service"
+    enabled: bool = True
+    bus_address: str | None = None  # default: $DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Config:
 def load_config(path: str | None) -> Config:
     """Read ``path`` (or return the defaults when it is None)."""
     if path is None:
-        return Config()
+        return config_from_dict({}, "<defaults>")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -146,6 +148,12 @@ def config_from_dict(data: object, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
     config = typing.cast(Config, _build(Config, data, source, ""))
     _check_values(config, source)
+    if config.units.php_fpm is None:
+        from exporter.checks.units import default_php_fpm_unit
+
+        config = dataclasses.replace(
+            config, units=dataclasses.replace(config.units, php_fpm=default_php_fpm_unit())
+        )
     return config
 
 

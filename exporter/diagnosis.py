@@ -12,6 +12,7 @@ from exporter.checks.http import HttpResult
 from exporter.checks.processes import listening_addresses
 from exporter.checks.resources import FilesystemUsage
 from exporter.checks.sockets import SocketResult
+from exporter.checks.units import ENABLED_FILE_STATES, UnitsResult, default_php_fpm_unit
 from exporter.config import Config, Thresholds
 from exporter.rounds import CollectorOutcome, RoundResults
 
@@ -56,7 +57,7 @@ def _unit(name: str) -> str:
 
 def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     """Read one round's results the way the runbook does."""
-    php_unit = _unit(config.units.php_fpm)
+    php_unit = _unit(config.units.php_fpm or "php-fpm.service")
     backend_unit = _unit(config.units.backend)
     nginx_unit = _unit(config.units.nginx)
     findings: list[Finding] = []
@@ -121,6 +122,9 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
                         ),
                     )
                 )
+
+    # Step 1 as the runbook runs it: systemctl status.
+    findings.extend(_unit_findings(results.units, config, answering, failed))
 
     # Step 4: nginx -t.
     nginx_config = results.nginx_config
@@ -214,6 +218,87 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     return Diagnosis(findings=tuple(findings), causes=causes, gateway_errors=tuple(gateway_errors))
 
 
+_UNIT_ROLES = (
+    ("nginx", "nginx", Cause.NGINX_DOWN),
+    ("php_fpm", "PHP-FPM", Cause.PHP_FPM_DOWN),
+    ("backend", "The Python backend", Cause.BACKEND_DOWN),
+)
+
+
+def _unit_findings(
+    units: UnitsResult | None, config: Config, answering: dict[str, bool], failed: dict[str, CollectorOutcome]
+) -> list[Finding]:
+    if not config.units.enabled:
+        return []
+    if units is None:
+        return [_not_checked("units", "systemctl status of nginx, PHP-FPM and the backend", failed)]
+    if not units.available:
+        return [
+            Finding(
+                "units",
+                "systemctl status of nginx, PHP-FPM and the backend",
+                Verdict.SKIP,
+                (f"systemd not reachable ({units.error}): the process view decides",),
+            )
+        ]
+    by_name = {u.name: u for u in units.units}
+    findings = []
+    for role, label, cause in _UNIT_ROLES:
+        name = getattr(config.units, role) or "php-fpm.service"
+        unit = by_name.get(name)
+        if unit is None:
+            continue
+        short = _unit(name)
+        step, title = f"unit:{name}", f"{label} unit {name} is active and enabled"
+        state = f"{unit.active_state} ({unit.sub_state}), unit file {unit.unit_file_state or 'none'}"
+        if unit.n_restarts:
+            state += f", restarted {unit.n_restarts} times"
+        if unit.load_state != "loaded":
+            hint: tuple[str, ...] = (
+                "systemctl list-units --all --type=service | grep -E 'php|nginx|backend'",
+            )
+            if role == "php_fpm":
+                installed = default_php_fpm_unit()
+                if installed != name:
+                    hint = (
+                        f"this host has {installed}: set units.php_fpm: {installed} (and check the socket path)",
+                    )
+            findings.append(
+                Finding(step, title, Verdict.WARN, (f"{name}: LoadState={unit.load_state}",), fix=hint)
+            )
+        elif unit.active_state in ("inactive", "failed"):
+            if answering[role]:
+                findings.append(
+                    Finding(
+                        step,
+                        title,
+                        Verdict.WARN,
+                        (state, "yet it answers its probe: started outside systemd?"),
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        step, title, Verdict.FAIL, (f"systemctl status {short}: {state}",), cause,
+                        (f"sudo systemctl start {short}", f"sudo systemctl enable {short}",
+                         f"sudo journalctl -u {short} -n 50 --no-pager"),
+                    )
+                )  # fmt: skip
+        elif unit.active_state != "active":
+            findings.append(Finding(step, title, Verdict.WARN, (f"systemctl status {short}: {state}",)))
+        elif unit.unit_file_state not in ENABLED_FILE_STATES:
+            findings.append(
+                Finding(
+                    step, title, Verdict.WARN,
+                    (f"systemctl status {short}: {state}", "running now, but it will not start after a reboot"),
+                    fix=(f"sudo systemctl enable {short}",),
+                )
+            )  # fmt: skip
+        else:
+            findings.append(Finding(step, title, Verdict.OK, (f"systemctl status {short}: {state}",)))
+    return findings
+
+
 def _not_checked(step: str, title: str, failed: dict[str, CollectorOutcome]) -> Finding:
     outcome = failed.get(step.split(":", maxsplit=1)[0])
     reason = (outcome.error if outcome else None) or "check did not run"
@@ -233,7 +318,7 @@ def _socket_finding(
                 f"PHP-FPM is running and listens on: {', '.join(alternatives) or 'nothing visible'}"
             )
             target = alternatives[0] if alternatives else None
-            fix = (
+            mismatch_fix = (
                 (
                     f"nginx expects {sock.path} but PHP-FPM listens on {target}",
                     f"either set `fastcgi_pass unix:{target};` where nginx has it: sudo grep -rn fastcgi_pass /etc/nginx/",
@@ -246,7 +331,7 @@ def _socket_finding(
             )
             return Finding(
                 step, title, Verdict.FAIL, tuple(evidence), Cause.SOCKET_PATH_MISMATCH,
-                (*fix, "then: sudo nginx -t && sudo systemctl reload nginx"),
+                (*mismatch_fix, "then: sudo nginx -t && sudo systemctl reload nginx"),
             )  # fmt: skip
         return Finding(
             step,

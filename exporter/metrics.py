@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.causes import Cause
-from exporter.checks import fastcgi, http, nginx_config, processes, resources, sockets
+from exporter.checks import fastcgi, http, nginx_config, processes, resources, sockets, units
 from exporter.diagnosis import Diagnosis
 from exporter.rounds import RoundResults
 
@@ -26,6 +26,8 @@ def round_metric_families(results: RoundResults, diagnosis: Diagnosis) -> Iterat
         yield from resources.metric_families(results.resources)
     if results.nginx_config is not None:
         yield from nginx_config.metric_families(results.nginx_config)
+    if results.units is not None:
+        yield from units.metric_families(results.units)
     cause = GaugeMetricFamily(
         "badgateway_cause",
         "1 for each cause of 502/504 the diagnosis currently finds, 0 for the others.",

@@ -16,6 +16,7 @@ from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
 from exporter.checks.resources import ResourcesCheck, ResourcesResult
 from exporter.checks.sockets import SocketResult, SocketsCheck
+from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config
 from exporter.deadline import Deadline
 
@@ -43,6 +44,7 @@ class RoundResults:
     processes: ProcessesResult | None = None
     resources: ResourcesResult | None = None
     nginx_config: NginxConfigResult | None = None
+    units: UnitsResult | None = None
     collectors: tuple[CollectorOutcome, ...] = field(default=())
 
 
@@ -67,6 +69,11 @@ class Prober:
         ]
         self._tasks += [_Task(FastCGICheck.collector, FastCGICheck(pool).run) for pool in config.php_fpm]
         self._tasks += [_Task(HttpCheck.collector, check.run) for check in self._http_checks]
+        self._units_check: UnitsCheck | None = None
+        if config.units.enabled:
+            names = [config.units.nginx, config.units.php_fpm or "php-fpm.service", config.units.backend]
+            self._units_check = UnitsCheck(names, config.units.bus_address)
+            self._tasks.append(_Task(UnitsCheck.collector, self._units_check.run))
         if config.nginx.test:
             self._tasks.append(_Task(NginxConfigCheck.collector, NginxConfigCheck(config.nginx).run))
         # One thread per task is enough: a task still running from an earlier round is not started again.
@@ -78,6 +85,8 @@ class Prober:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for check in self._http_checks:
             check.close()
+        if self._units_check is not None:
+            self._units_check.close()
 
     def collect(self, timeout_seconds: float) -> RoundResults:
         """Results of a round started now, or of the round already in flight."""
@@ -142,6 +151,7 @@ class Prober:
             processes=_first(values, ProcessesCheck.collector),
             resources=_first(values, ResourcesCheck.collector),
             nginx_config=_first(values, NginxConfigCheck.collector),
+            units=_first(values, UnitsCheck.collector),
             collectors=_merge_outcomes(outcomes),
         )
 

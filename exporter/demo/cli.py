@@ -76,7 +76,8 @@ def main(argv: Sequence[str]) -> int:
             return 1
         thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         thread.start()
-        host, port = server.server_address[:2]
+        port = server.server_address[1]
+        host = args.listen.rpartition(":")[0] or "127.0.0.1"
         from exporter.cli import render_text
 
         _, diagnosis = exporter.check(config.scrape_timeout_seconds)
