@@ -111,6 +111,9 @@ class Prober:
     def run_round(self, timeout_seconds: float) -> RoundResults:
         """Run every check concurrently; whatever is not back by the deadline counts as failed."""
         deadline = Deadline.after(timeout_seconds)
+        # Checks stop a little before the round does, so a slow peer is reported as the check's own
+        # timeout rather than as a collector that never came back.
+        check_deadline = Deadline(deadline.at - min(0.1, timeout_seconds * 0.1))
         started = time.monotonic()
         futures: dict[Future[Any], _Task] = {}
         outcomes: list[CollectorOutcome] = []
@@ -121,7 +124,7 @@ class Prober:
                 )
                 continue
             task.running.set()
-            futures[self._executor.submit(self._timed, task, deadline)] = task
+            futures[self._executor.submit(self._timed, task, check_deadline)] = task
         done, not_done = wait(futures, timeout=deadline.remaining())
         values: dict[str, list[Any]] = {}
         for future in done:

@@ -115,11 +115,16 @@ class AlertSpec:
 # ---------------------------------------------------------------- Go-template helpers
 
 
-def _q(promql: str) -> str:
-    """A ``query`` call for Prometheus templates; each ``%q`` in ``promql`` becomes the instance."""
-    if promql.count("%q") > 1:
+def _q(promql: str, *more: str) -> str:
+    """A ``query`` call for Prometheus templates.
+
+    Without ``more``, each ``%q`` in ``promql`` becomes the instance; otherwise the ``%q`` take
+    ``$labels.instance`` and then the template values in ``more``, in order.
+    """
+    if not more and promql.count("%q") > 1:
         promql = promql.replace("%q", "%[1]q")
-    return f"query (printf `{promql}` $labels.instance)"
+    args = " ".join(("$labels.instance", *more))
+    return f"query (printf `{promql}` {args})"
 
 
 def _unit_var(default: str, regex: str) -> str:
@@ -165,7 +170,7 @@ def _cause_alert(info_cause: Cause, s: Settings) -> AlertSpec:
         "{{ $s.Labels.socket }} ({{ $s.Labels.reason }})",
         "none reported",
     )
-    procs = _first(_q('sum(badgateway_process_count{instance=%q,service="php_fpm"})'), "")
+    procs = _first(_q('sum(badgateway_processes{instance=%q,service="php_fpm"})'), "")
     backend = _go_quote(s.backend_target)
     front = _go_quote(s.front_target)
     severity: Severity = "critical"
@@ -184,12 +189,14 @@ def _cause_alert(info_cause: Cause, s: Settings) -> AlertSpec:
     elif info_cause is Cause.BACKEND_DOWN:
         for_seconds = 60
         down = _join(
-            _q(f"badgateway_http_up{{instance=%q,target=~{backend}}} == 0"), "{{ $s.Labels.target }}"
+            _q(f"badgateway_http_up{{instance=%q,target=~{backend}}} == 0"),
+            "{{ $s.Labels.target }}",
+            "none",
         )
-        bprocs = _first(_q('sum(badgateway_process_count{instance=%q,service="backend"})'), "")
+        bprocs = _first(_q('sum(badgateway_processes{instance=%q,service="backend"})'), "")
         summary = f"The Python backend is down on {inst}"
         description = (
-            f"{backend_unit}The Python backend on {inst} does not answer (probe {down} down;"
+            f"{backend_unit}The Python backend on {inst} does not answer (probes down: {down};"
             f" backend processes: {bprocs}): nginx answers 502 for what it proxies there.\n"
             "Fix: sudo systemctl start {{ $unit }} && sudo systemctl enable {{ $unit }};"
             " the reason is in sudo journalctl -u {{ $unit }} -n 50."
@@ -267,20 +274,20 @@ def _cause_alert(info_cause: Cause, s: Settings) -> AlertSpec:
         severity = "warning"
         slow = _join(
             _q(
-                "sum by (upstream) (rate(badgateway_nginx_upstream_errors_total{instance=%q,"
-                f'kind=~"connect_timeout|read_timeout"}}[{window}])) > 0'
+                "sort_desc(sum by (upstream) (rate(badgateway_nginx_upstream_errors_total{instance=%q,"
+                f'kind=~"connect_timeout|read_timeout"}}[{window}])) > 0)'
             ),
             '{{ $s.Labels.upstream }} {{ printf "%.2f" $s.Value }}/s',
             "none in nginx's log",
         )
         probe = _join(
-            _q("badgateway_http_probe_duration_seconds{instance=%q}"),
+            _q("sort_desc(badgateway_http_probe_duration_seconds{instance=%q})"),
             "{{ $s.Labels.target }} {{ $s.Value | humanizeDuration }}",
             "none",
         )
         summary = f"An upstream answers too slowly on {inst} (nginx answers 504)"
         description = (
-            f"Upstreams time out on {inst}: timeouts {slow}; probe durations {probe}.\n"
+            f"Upstreams time out on {inst}: timeouts {slow}; probe durations (slowest first) {probe}.\n"
             "Fix: find why the upstream is slow (sudo tail -50 /var/log/nginx/error.log, slow queries, the"
             " PHP-FPM slowlog); if slow is legitimate, raise fastcgi_read_timeout / proxy_read_timeout"
             f" (e.g. 60s) in {s.nginx_site_config}, then sudo nginx -t && sudo systemctl reload nginx."
@@ -306,8 +313,8 @@ def _cause_alert(info_cause: Cause, s: Settings) -> AlertSpec:
         for_seconds = 120
         disks = _join(
             _q(
-                "bottomk(3, badgateway_filesystem_avail_bytes{instance=%q}"
-                " / badgateway_filesystem_size_bytes{instance=%q})"
+                "sort(bottomk(3, badgateway_filesystem_avail_bytes{instance=%q}"
+                " / badgateway_filesystem_size_bytes{instance=%q}))"
             ),
             "{{ $s.Labels.mountpoint }} {{ $s.Value | humanizePercentage }} free",
             "unknown",
@@ -327,16 +334,23 @@ def _cause_alert(info_cause: Cause, s: Settings) -> AlertSpec:
     elif info_cause is Cause.NGINX_CONFIG_INVALID:
         for_seconds = 300
         severity = "warning"
+        fronts = _join(
+            _q(f"badgateway_http_status_code{{instance=%q,target=~{front}}}"),
+            "{{ $s.Labels.target }} HTTP {{ $s.Value }}",
+            "none",
+        )
+        valid = _first(_q("badgateway_nginx_config_valid{instance=%q}"), "", "unknown")
         summary = f"The nginx configuration on {inst} fails nginx -t"
         description = (
-            f"nginx -t fails on {inst}: the running nginx keeps its old configuration, but the next"
+            f"nginx -t fails on {inst} (badgateway_nginx_config_valid {valid}; front probe: {fronts}):"
+            " the running nginx keeps its old configuration, but the next"
             " reload or restart will fail and take the site down.\n"
             f"Fix: sudo nginx -t shows the file and line; fix it (e.g. sudo nano {s.nginx_site_config}),"
             " run sudo nginx -t again, then sudo systemctl reload nginx."
         )
     elif info_cause is Cause.NGINX_DOWN:
         for_seconds = 60
-        nprocs = _first(_q('sum(badgateway_process_count{instance=%q,service="nginx"})'), "")
+        nprocs = _first(_q('sum(badgateway_processes{instance=%q,service="nginx"})'), "")
         fronts = _join(
             _q(f"badgateway_http_up{{instance=%q,target=~{front}}} == 0"), "{{ $s.Labels.target }}", "none"
         )
@@ -368,8 +382,8 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
     front = _go_quote(s.front_target)
     kinds = _join(
         _q(
-            "sum by (kind, upstream) (rate(badgateway_nginx_upstream_errors_total{instance=%q}"
-            f"[{window}])) > 0"
+            "sort_desc(sum by (kind, upstream) (rate(badgateway_nginx_upstream_errors_total{instance=%q}"
+            f"[{window}])) > 0)"
         ),
         '{{ $s.Labels.kind }} from {{ $s.Labels.upstream }} {{ printf "%.2f" $s.Value }}/s',
         "none in nginx's log",
@@ -380,6 +394,8 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
         "no front probe",
     )
     horizon = parse_duration(s.disk_fill_horizon)
+    took = _q("badgateway_collector_duration_seconds{instance=%q,collector=%q}", "$labels.collector")
+    since = _q("badgateway_unit_active_since_seconds{instance=%q,unit=%q}", "$labels.unit")
     return [
         AlertSpec(
             name="NginxGatewayErrors",
@@ -415,7 +431,8 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
             category="warning",
             summary=f"{{{{ $labels.unit }}}} runs but is not enabled at boot on {inst}",
             description=(
-                f"{{{{ $labels.unit }}}} is active on {inst} but not enabled: after the next reboot it"
+                f"{{{{ $labels.unit }}}} is active on {inst}"
+                f" (since {_first(since, 'humanizeTimestamp')}) but not enabled: after the next reboot it"
                 " stays down and nginx answers 502.\n"
                 "Fix: sudo systemctl enable {{ $labels.unit }}"
             ),
@@ -451,8 +468,8 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
             category="exporter",
             summary=f"badgateway-exporter on {inst} cannot be scraped",
             description=(
-                f"Prometheus cannot scrape badgateway-exporter on {inst}: every 502 cause alert for"
-                " this instance is blind.\n"
+                f"Prometheus cannot scrape badgateway-exporter on {inst} (up {{{{ $value }}}}):"
+                " every 502 cause alert for this instance is blind.\n"
                 "Fix: sudo systemctl status badgateway-exporter;"
                 " sudo journalctl -u badgateway-exporter -n 50;"
                 f" curl -s http://{inst}/metrics | head"
@@ -468,7 +485,8 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
             summary=f"The {{{{ $labels.collector }}}} collector fails on {inst}",
             description=(
                 f"badgateway-exporter's {{{{ $labels.collector }}}} collector on {inst} fails"
-                " (it may lack permissions, e.g. nginx -t needs root): the causes it checks are not seen.\n"
+                f" (success {{{{ $value }}}}, last run {_first(took, 'humanizeDuration')})"
+                ": it may lack permissions (e.g. nginx -t needs root), the causes it checks are not seen.\n"
                 "Fix: sudo badgateway-exporter diagnose shows the error;"
                 " sudo journalctl -u badgateway-exporter -n 50."
             ),
@@ -604,6 +622,19 @@ def render(settings: Settings) -> dict[str, str]:
         rule_groups(settings), Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True
     )
     return {RULES_FILE: "\n".join(header) + "\n" + body}
+
+
+_METRIC_RE = re.compile(r"(?<![\w:])badgateway_[a-z0-9_]+(?![\w:])")
+
+
+def metric_names(settings: Settings | None = None) -> set[str]:
+    """Every ``badgateway_*`` series name the rendered rules read (expressions and templates).
+
+    Recording rule names (``level:metric:operation``) are not included. A real-stack test can
+    assert that each of these is in the exporter's ``/metrics`` output.
+    """
+    text = "\n".join(render(settings or Settings()).values())
+    return set(_METRIC_RE.findall(text))
 
 
 # ---------------------------------------------------------------- command line

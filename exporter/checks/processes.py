@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import socket
 import threading
@@ -52,8 +53,9 @@ class _ProcEntry:
 class ProcessesCheck:
     """Counts and resident memory of nginx, php-fpm and the backend, found by command line.
 
-    The process table is read from ``/proc/PID/stat`` (one read a process); command lines are read
-    once per process start and cached, since a scrape must stay within milliseconds.
+    The process table is read straight from ``/proc`` (what psutil reads, without its per-process
+    objects): one read of ``stat`` a process, command lines once per process start, since a scrape
+    must stay within milliseconds.
     """
 
     collector = "processes"
@@ -62,6 +64,7 @@ class ProcessesCheck:
         self._patterns = {service: re.compile(getattr(patterns, service)) for service in SERVICES}
         self._proc = proc_root
         self._commands: dict[tuple[int, int], tuple[str, float]] = {}
+        self._members = _Members(proc_root)
         self._lock = threading.Lock()
 
     def run(self, deadline: Deadline) -> ProcessesResult:
@@ -81,7 +84,9 @@ class ProcessesCheck:
                     members.add(pid)
                     stack.extend(children.get(pid, ()))
             top = sorted(pid for pid in mains if table[pid].ppid not in members)
-            services.append(_describe(service, top, [table[pid].command for pid in top], members))
+            services.append(
+                self._members.describe(service, top, [table[pid].command for pid in top], members)
+            )
         return ProcessesResult(services=tuple(services))
 
     def _scan(self) -> dict[int, _ProcEntry]:
@@ -92,8 +97,7 @@ class ProcessesCheck:
             if not name.isdigit():
                 continue
             try:
-                with open(f"{self._proc}/{name}/stat", "rb") as stat_file:
-                    raw = stat_file.read()
+                raw = _read(f"{self._proc}/{name}/stat", 1024)
             except OSError:
                 continue
             # comm may hold spaces and parentheses: fields start after the last ')'.
@@ -117,8 +121,7 @@ class ProcessesCheck:
 
     def _read_command(self, pid: int, stat_raw: bytes) -> str:
         try:
-            with open(f"{self._proc}/{pid}/cmdline", "rb") as cmdline_file:
-                cmdline = cmdline_file.read(4096)
+            cmdline = _read(f"{self._proc}/{pid}/cmdline")
         except OSError:
             cmdline = b""
         command = cmdline.replace(b"\0", b" ").strip().decode("utf-8", "replace")
@@ -127,29 +130,55 @@ class ProcessesCheck:
         return command
 
 
-def _describe(
-    service: str, main_pids: list[int], main_commands: list[str], members: set[int]
-) -> ServiceProcesses:
-    rss = 0
-    count = 0
-    users: set[str] = set()
-    for pid in members:
-        try:
-            process = psutil.Process(pid)
-            with process.oneshot():
-                rss += process.memory_info().rss
-                users.add(process.username())
+def _read(path: str, size: int = 4096) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+class _Members:
+    """Resident memory and owner of processes, read from ``/proc`` without per-process objects."""
+
+    def __init__(self, proc_root: str) -> None:
+        self._proc = proc_root
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+        self._user_names: dict[int, str] = {}
+
+    def describe(
+        self, service: str, main_pids: list[int], main_commands: list[str], members: set[int]
+    ) -> ServiceProcesses:
+        rss = 0
+        count = 0
+        users: set[str] = set()
+        for pid in members:
+            try:
+                statm = _read(f"{self._proc}/{pid}/statm", 256).split()
+                uid = os.stat(f"{self._proc}/{pid}").st_uid
+            except OSError:
+                continue
+            rss += int(statm[1]) * self._page_size
+            users.add(self._user_name(uid))
             count += 1
-        except psutil.Error:
-            continue
-    return ServiceProcesses(
-        service=service,
-        count=count,
-        resident_memory_bytes=rss,
-        main_pids=tuple(main_pids),
-        main_commands=tuple(command[:200] for command in main_commands),
-        users=tuple(sorted(users)),
-    )
+        return ServiceProcesses(
+            service=service,
+            count=count,
+            resident_memory_bytes=rss,
+            main_pids=tuple(main_pids),
+            main_commands=tuple(command[:200] for command in main_commands),
+            users=tuple(sorted(users)),
+        )
+
+    def _user_name(self, uid: int) -> str:
+        name = self._user_names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self._user_names[uid] = name
+        return name
 
 
 def metric_families(result: ProcessesResult) -> Iterable[Metric]:

@@ -8,6 +8,7 @@ import os
 import pwd
 import socket
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.deadline import Deadline
+
+_IDENTITY_TTL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,15 @@ class SocketsCheck:
     def __init__(self, paths: Iterable[str], user: str) -> None:
         self._paths = tuple(paths)
         self._user = user
+        self._identity: UserIdentity | None = None
+        self._identity_read_at = -_IDENTITY_TTL_SECONDS
 
     def run(self, deadline: Deadline) -> tuple[SocketResult, ...]:
-        identity = UserIdentity.lookup(self._user)
+        now = time.monotonic()
+        if now - self._identity_read_at >= _IDENTITY_TTL_SECONDS:
+            # Reading /etc/group on every scrape would cost more than the rest of the check.
+            self._identity, self._identity_read_at = UserIdentity.lookup(self._user), now
+        identity = self._identity
         return tuple(inspect_socket(path, self._user, identity, deadline) for path in self._paths)
 
 
