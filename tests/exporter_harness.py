@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, config_from_dict
 from exporter.demo.stack import Stack
+from exporter.logs.metrics import log_families
+from exporter.logs.tailer import LogWatcher
 from exporter.server import Exporter, make_server
 
 Labels = frozenset[tuple[str, str]]
@@ -40,7 +42,9 @@ class Scrape:
         return any(n == name for n, _ in self.samples)
 
     def causes(self) -> set[str]:
-        return {dict(ls)["cause"] for (n, ls), v in self.samples.items() if n == "badgateway_cause" and v == 1}
+        return {
+            dict(ls)["cause"] for (n, ls), v in self.samples.items() if n == "badgateway_cause" and v == 1
+        }
 
 
 def parse(text: str, seconds: float = 0.0) -> Scrape:
@@ -69,7 +73,9 @@ class RunningExporter:
     """An exporter served on a free loopback port by a real HTTP server."""
 
     def __init__(self, config: Config) -> None:
-        self.exporter = Exporter(config)
+        self.watcher = LogWatcher(config.logs)
+        self.watcher.start()
+        self.exporter = Exporter(config, [log_families(self.watcher)])
         self.server = make_server(self.exporter, "127.0.0.1:0")
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -86,6 +92,7 @@ class RunningExporter:
         self.server.server_close()
         self._thread.join(timeout=5)
         self.exporter.close()
+        self.watcher.stop()
 
 
 @contextmanager
@@ -100,7 +107,11 @@ def running_exporter(config: Config) -> Iterator[RunningExporter]:
 def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run the real ``badgateway-exporter`` command line."""
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

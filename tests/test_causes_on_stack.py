@@ -7,12 +7,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
+from exporter import rules
 from exporter.demo.stack import Stack, wait_until
-from tests.exporter_harness import (
+from exporter_harness import (
+    RunningExporter,
     Scrape,
     diagnose_json,
     diagnosed_causes,
@@ -52,14 +55,56 @@ def test_healthy_stack_has_no_cause(stack: Stack) -> None:
     assert scrape.value("badgateway_processes", service="php_fpm") == 3  # master + 2 static workers
     assert scrape.value("badgateway_processes", service="nginx") >= 2
     assert scrape.value("badgateway_processes", service="backend") >= 1
-    assert scrape.value("badgateway_memory_total_bytes") > scrape.value("badgateway_memory_available_bytes") > 0
+    assert (
+        scrape.value("badgateway_memory_total_bytes") > scrape.value("badgateway_memory_available_bytes") > 0
+    )
     for collector in ("sockets", "fastcgi", "http", "processes", "resources", "nginx_config"):
         assert scrape.value("badgateway_collector_success", collector=collector) == 1
     if stack.worker_user:
         assert scrape.value("badgateway_socket_accessible", socket=sock, user="www-data") == 1
-        assert scrape.value(
-            "badgateway_socket_info", socket=sock, owner="www-data", group="www-data", mode="0660"
-        ) == 1
+        assert (
+            scrape.value(
+                "badgateway_socket_info", socket=sock, owner="www-data", group="www-data", mode="0660"
+            )
+            == 1
+        )
+
+
+def upstream_labels(stack: Stack, kind: str) -> frozenset[tuple[str, str]]:
+    return frozenset(
+        {("log", str(stack.nginx_error_log)), ("kind", kind), ("upstream", f"unix:{stack.socket_path}")}
+    )
+
+
+def scrape_until(
+    exporter: RunningExporter, condition: Callable[[Scrape], bool], timeout: float = 10.0
+) -> Scrape:
+    """Scrape until ``condition`` holds (the log tailer counts new lines within a second)."""
+    found: list[Scrape] = []
+
+    def holds() -> bool:
+        found.append(exporter.scrape())
+        return condition(found[-1])
+
+    wait_until(holds, timeout, "the scrape to show it", interval=0.2)
+    return found[-1]
+
+
+def test_every_metric_the_rules_read_is_exported(stack: Stack) -> None:
+    """Alert rules only read series the real exporter produces (units: without systemd, only availability)."""
+    with running_exporter(stack_config(stack)) as exporter:
+        healthy = exporter.scrape()
+        stack.stop_php_fpm()  # so that error-log series exist too
+        assert front_status(stack) == 502
+        scrape = scrape_until(
+            exporter,
+            lambda s: any(n == "badgateway_nginx_upstream_errors_total" for n, _ in s.samples),
+        )
+    exported = {name for name, _ in scrape.samples} | {name for name, _ in healthy.samples}
+    unit_series = {name for name in rules.metric_names() if name.startswith("badgateway_unit_")}
+    missing = rules.metric_names() - exported - unit_series
+    assert not missing, f"rules read series the exporter does not produce: {sorted(missing)}"
+    assert scrape.value("badgateway_systemd_available") in (0, 1)
 
 
 def test_metrics_pass_promtool(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -68,13 +113,29 @@ def test_metrics_pass_promtool(stack: Stack, tmp_path_factory: pytest.TempPathFa
         pytest.skip("promtool not installed (Debian package prometheus)")
     with running_exporter(stack_config(stack)) as exporter:
         text = exporter.scrape().text
-    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_php_fpm_stopped(stack: Stack) -> None:
     stack.stop_php_fpm()
     assert front_status(stack) == 502
+    with running_exporter(stack_config(stack)) as exporter:
+        errors = scrape_until(
+            exporter,
+            lambda s: (
+                s.samples.get(
+                    ("badgateway_nginx_upstream_errors_total", upstream_labels(stack, "socket_missing")), 0
+                )
+                >= 1
+            ),
+        )
+    assert errors.value("badgateway_nginx_error_log_lines_total", log=str(stack.nginx_error_log)) >= 1
+    _, document = diagnose_json(write_config(stack))
+    logs = next(f for f in document["findings"] if f["step"] == "logs")  # type: ignore[union-attr, index]
+    assert logs["verdict"] == "warn" and "socket_missing" in logs["evidence"][0]
     scrape, causes, code = scrape_and_diagnose(stack)
     sock = str(stack.socket_path)
     assert scrape.causes() == {"php_fpm_down"} == causes
@@ -101,7 +162,9 @@ def test_php_fpm_killed_leaves_a_stale_socket(stack: Stack) -> None:
 def test_socket_owned_by_root(stack: Stack) -> None:
     os.chown(stack.socket_path, 0, 0)
     assert front_status(stack) == 502  # nginx's www-data workers really are refused
-    wait_until(lambda: "(13: Permission denied)" in stack.nginx_error_log.read_text(), 5, "nginx to log EACCES")
+    wait_until(
+        lambda: "(13: Permission denied)" in stack.nginx_error_log.read_text(), 5, "nginx to log EACCES"
+    )
     scrape, causes, _ = scrape_and_diagnose(stack)
     sock = str(stack.socket_path)
     assert scrape.causes() == {"socket_permission_denied"} == causes
@@ -213,7 +276,9 @@ def test_memory_threshold_uses_real_figures(stack: Stack) -> None:
     with running_exporter(stack_config(stack)) as exporter:
         real = exporter.scrape()
     ratio = real.value("badgateway_memory_available_bytes") / real.value("badgateway_memory_total_bytes")
-    scrape, causes, _ = scrape_and_diagnose(stack, thresholds={"memory_available_ratio": min(ratio + 0.01, 1.0)})
+    scrape, causes, _ = scrape_and_diagnose(
+        stack, thresholds={"memory_available_ratio": min(ratio + 0.01, 1.0)}
+    )
     assert scrape.causes() == {"memory_exhausted"} == causes
 
 
@@ -222,7 +287,10 @@ def test_full_disk_under_the_logs(stack: Stack) -> None:
     mount_dir = stack.root / "small"
     mount_dir.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_dir)], capture_output=True, text=True, timeout=10
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_dir)],
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")

@@ -14,7 +14,7 @@ from exporter.config import Config, config_from_dict
 from exporter.demo.stack import wait_until
 from exporter.diagnosis import Verdict, diagnose
 from exporter.rounds import Prober
-from tests.exporter_harness import parse, running_exporter
+from exporter_harness import parse, running_exporter
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import yaml
 
 from exporter.config import ConfigError, config_from_dict
 from exporter.demo.stack import Stack, StackError, make_root
+from exporter.logs.metrics import log_families
+from exporter.logs.tailer import LogWatcher
 from exporter.server import Exporter, make_server
 
 PROG = "badgateway-exporter demo"
@@ -67,12 +69,15 @@ def main(argv: Sequence[str]) -> int:
         except ConfigError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
-        exporter = Exporter(config)
+        watcher = LogWatcher(config.logs)
+        watcher.start()
+        exporter = Exporter(config, [log_families(watcher)])
         try:
             server = make_server(exporter, args.listen)
         except OSError as exc:
             print(f"{PROG}: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
             exporter.close()
+            watcher.stop()
             return 1
         thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         thread.start()
@@ -104,6 +109,7 @@ Press Ctrl-C to stop everything.""",
         server.shutdown()
         server.server_close()
         exporter.close()
+        watcher.stop()
     finally:
         stack.stop()
     print("stopped; nothing left running.")

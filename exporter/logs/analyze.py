@@ -1,0 +1,297 @@
+"""Offline reading of logs: a summary of old files (``logs analyze``) and the recent tail of a
+live log as evidence for ``diagnose`` (:func:`recent`)."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import typing
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from exporter.config import LogSettings
+from exporter.logs.classify import (
+    MAX_LINE_BYTES,
+    NONE,
+    Source,
+    classify_phpfpm,
+    detect_source,
+    line_time,
+    tally_nginx,
+)
+from exporter.logs.tailer import OTHER, UNKNOWN, LineSplitter
+
+READ_BYTES = 1 << 20
+MAX_DISTINCT = 1000
+"""Distinct upstreams/pools kept by ``analyze`` before the rest count as ``other``."""
+
+
+class AnalyzeError(Exception):
+    """A file given to ``analyze`` cannot be read; the message names it."""
+
+
+def open_log(path: str) -> IO[bytes]:
+    """Open a plain or gzip-compressed log (recognised by its magic bytes, not its name)."""
+    handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    try:
+        magic = handle.read(2)
+        handle.seek(0)
+    except OSError:
+        handle.close()
+        raise
+    if magic == b"\x1f\x8b":
+        handle.close()
+        return typing.cast(IO[bytes], gzip.open(path, "rb"))
+    return handle
+
+
+def iter_lines(handle: IO[bytes]) -> Iterator[list[bytes]]:
+    """Yield lists of lines (64 KiB cap, a last line without newline included)."""
+    splitter = LineSplitter()
+    while data := handle.read(READ_BYTES):
+        lines = splitter.feed(data)
+        if lines:
+            yield lines
+    last = splitter.flush()
+    if last:
+        yield last
+
+
+@dataclass
+class _Seen:
+    count: int = 0
+    first: str | None = None
+    last: str | None = None
+
+    def add(self, when: str | None) -> None:
+        self.count += 1
+        if when is not None:
+            if self.first is None or when < self.first:
+                self.first = when
+            if self.last is None or when > self.last:
+                self.last = when
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "first": self.first, "last": self.last}
+
+
+@dataclass
+class _Part:
+    """The summary of one source (nginx or PHP-FPM) over every file of that source."""
+
+    what: str  # "kind" or "event"
+    where: str  # "upstream" or "pool"
+    lines: int = 0
+    total: _Seen = field(default_factory=_Seen)
+    by_what: dict[str, _Seen] = field(default_factory=dict)
+    by_where: dict[str, _Seen] = field(default_factory=dict)
+    by_pair: dict[tuple[str, str], _Seen] = field(default_factory=dict)
+    minutes: dict[str, dict[str, int]] = field(default_factory=dict)
+    distinct: set[str] = field(default_factory=set)
+
+    def add(self, what: str, where: str | None, when: str | None) -> None:
+        if where is None:
+            label = UNKNOWN
+        elif where in self.distinct or len(self.distinct) < MAX_DISTINCT:
+            self.distinct.add(where)
+            label = where
+        else:
+            label = OTHER
+        self.total.add(when)
+        self.by_what.setdefault(what, _Seen()).add(when)
+        self.by_where.setdefault(label, _Seen()).add(when)
+        self.by_pair.setdefault((what, label), _Seen()).add(when)
+        if when is not None:
+            minute = self.minutes.setdefault(when[:16], {})
+            minute[what] = minute.get(what, 0) + 1
+
+    def as_dict(self, top: int) -> dict[str, Any]:
+        busiest = sorted(self.minutes.items(), key=lambda item: (-sum(item[1].values()), item[0]))[:top]
+        return {
+            "lines": self.lines,
+            "total": self.total.as_dict(),
+            f"by_{self.what}": {k: v.as_dict() for k, v in _by_count(self.by_what)},
+            f"by_{self.where}": {k: v.as_dict() for k, v in _by_count(self.by_where)},
+            "by_pair": [
+                {self.what: what, self.where: where, **seen.as_dict()}
+                for (what, where), seen in _by_count(self.by_pair)
+            ],
+            "busiest_minutes": [
+                {
+                    "minute": minute,
+                    "count": sum(counts.values()),
+                    f"by_{self.what}": dict(sorted(counts.items())),
+                }
+                for minute, counts in busiest
+            ],
+        }
+
+
+def _by_count(items: dict[Any, _Seen]) -> list[tuple[Any, _Seen]]:
+    return sorted(items.items(), key=lambda item: (-item[1].count, str(item[0])))
+
+
+@dataclass
+class Analysis:
+    """What ``logs analyze`` found in a set of files."""
+
+    files: list[dict[str, Any]] = field(default_factory=list)
+    nginx: _Part = field(default_factory=lambda: _Part("kind", "upstream"))
+    php_fpm: _Part = field(default_factory=lambda: _Part("event", "pool"))
+
+    def as_dict(self, top: int = 5) -> dict[str, Any]:
+        """A JSON-ready dictionary (``logs analyze --format json``)."""
+        return {"files": self.files, "nginx": self.nginx.as_dict(top), "php_fpm": self.php_fpm.as_dict(top)}
+
+
+def analyze(paths: list[str], source: Source | None = None) -> Analysis:
+    """Read every file (plain or gzip) and summarise its upstream errors / PHP-FPM events.
+
+    ``source`` None guesses per file from its first 64 KiB. Raises :class:`AnalyzeError`.
+    """
+    result = Analysis()
+    for path in paths:
+        try:
+            with open_log(path) as handle:
+                kind = source or detect_source(handle.read(64 * 1024))
+                handle.seek(0)
+                lines = _analyze_stream(handle, kind, result)
+        except (OSError, EOFError, zlib.error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise AnalyzeError(f"cannot read {path}: {reason}") from None
+        result.files.append({"path": path, "source": kind, "lines": lines})
+    return result
+
+
+def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis) -> int:
+    count = 0
+    part = result.nginx if source == "nginx" else result.php_fpm
+    for lines in iter_lines(stream):
+        count += len(lines)
+        if source == "nginx":
+            for line in lines:
+                if b"upstream" not in line:
+                    continue
+                found: dict[tuple[str, str | None], int] = {}
+                if tally_nginx((line,), found):
+                    ((kind, upstream),) = found
+                    part.add(kind, upstream, line_time(line))
+        else:
+            for line in lines:
+                event, pool, _signal = classify_phpfpm(line)
+                if event != NONE:
+                    part.add(event, pool, line_time(line))
+    part.lines += count
+    return count
+
+
+def format_text(analysis: Analysis, top: int = 5) -> str:
+    """The readable summary printed by ``logs analyze``."""
+    out: list[str] = []
+    for entry in analysis.files:
+        out.append(f"{entry['path']}: {entry['source']}, {entry['lines']:,} lines")
+    for title, part in (("nginx upstream errors", analysis.nginx), ("PHP-FPM events", analysis.php_fpm)):
+        if part.lines == 0:
+            continue
+        out.append("")
+        total = part.total
+        span = f" from {total.first} to {total.last}" if total.first else ""
+        out.append(f"{title}: {total.count:,} in {part.lines:,} lines{span}")
+        if total.count == 0:
+            continue
+        top_pair, seen = _by_count(part.by_pair)[0]
+        share = 100.0 * seen.count / total.count
+        out.append(f"  most: {top_pair[0]} ({part.where} {top_pair[1]}), {seen.count:,} = {share:.0f}%")
+        for heading, table in ((f"by {part.what}", part.by_what), (f"by {part.where}", part.by_where)):
+            out.append(f"  {heading}:")
+            for name, seen in _by_count(table):
+                out.append(
+                    f"    {name:<36} {seen.count:>10,}  first {seen.first or '-'}  last {seen.last or '-'}"
+                )
+        out.append(f"  by {part.what} and {part.where}:")
+        for (what, where), seen in _by_count(part.by_pair)[: max(top * 4, 10)]:
+            out.append(f"    {what:<22} {where:<36} {seen.count:>10,}")
+        busiest = part.as_dict(top)["busiest_minutes"]
+        if busiest:
+            out.append("  busiest minutes:")
+            for minute in busiest:
+                detail = ", ".join(f"{k} {v:,}" for k, v in minute[f"by_{part.what}"].items())
+                out.append(f"    {minute['minute']}  {minute['count']:>8,}  ({detail})")
+    if all(part.total.count == 0 for part in (analysis.nginx, analysis.php_fpm)):
+        out.append("")
+        out.append("no upstream errors and no PHP-FPM events found")
+    return "\n".join(out) + "\n"
+
+
+# -- recent evidence for diagnose ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One classified line from the end of a log."""
+
+    path: str
+    source: Source
+    time: str | None
+    """``YYYY-MM-DD HH:MM:SS`` as written in the line (local time of the host), or None."""
+    kind: str
+    """nginx ``kind`` or PHP-FPM ``event``; never ``none``."""
+    upstream: str | None = None
+    pool: str | None = None
+    line: str = ""
+    """The line itself, decoded with replacement characters, at most 500 characters."""
+
+
+def recent(
+    path: str, max_bytes: int = 65536, source: Source | None = None, limit: int = 20
+) -> list[Evidence]:
+    """The last ``limit`` upstream errors (or PHP-FPM events) in the last ``max_bytes`` of ``path``.
+
+    Oldest first. ``source`` None guesses from the content. Raises OSError when unreadable.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        data = handle.read(size - start)
+    if start > 0:
+        nl = data.find(b"\n")
+        data = data[nl + 1 :] if nl >= 0 else b""
+    kind_of = source or detect_source(data)
+    found: list[Evidence] = []
+    for raw in data.split(b"\n"):
+        line = raw[:MAX_LINE_BYTES]
+        if kind_of == "nginx":
+            if b"upstream" not in line:
+                continue
+            counts: dict[tuple[str, str | None], int] = {}
+            if not tally_nginx((line,), counts):
+                continue
+            ((kind, upstream),) = counts
+            found.append(Evidence(path, "nginx", line_time(line), kind, upstream=upstream, line=_text(line)))
+        else:
+            event, pool, _signal = classify_phpfpm(line)
+            if event != NONE:
+                found.append(Evidence(path, "php-fpm", line_time(line), event, pool=pool, line=_text(line)))
+    return found[-limit:] if limit > 0 else []
+
+
+def recent_from_settings(settings: LogSettings, max_bytes: int = 65536, limit: int = 20) -> list[Evidence]:
+    """:func:`recent` over every configured log, merged by time (oldest first); unreadable logs skipped."""
+    found: list[Evidence] = []
+    for patterns, source in ((settings.nginx, "nginx"), (settings.php_fpm, "php-fpm")):
+        for pattern in patterns:
+            for path in sorted(glob.glob(pattern)):
+                try:
+                    found.extend(recent(path, max_bytes, source, limit))  # type: ignore[arg-type]
+                except OSError:
+                    continue
+    found.sort(key=lambda e: e.time or "")
+    return found[-limit:] if limit > 0 else []
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace").rstrip("\r")[:500]

@@ -1,0 +1,424 @@
+"""Classify nginx error.log and PHP-FPM log lines by the cause they name.
+
+Pure functions over ``bytes`` (no decoding on the hot path). Classification is by content, not
+by position, so Docker/journald/syslog/compose prefixes, a missing timestamp, or a line cut short
+do not matter. The nginx classifier is called for every line of every tailed error.log: it
+rejects lines without ``upstream`` with one substring test and then uses ``bytes.find`` only,
+never a regular expression.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final, Literal
+
+# -- nginx kinds ---------------------------------------------------------------------------------
+
+SOCKET_MISSING: Final = "socket_missing"
+PERMISSION_DENIED: Final = "permission_denied"
+BACKLOG_FULL: Final = "backlog_full"
+CONNECTION_REFUSED: Final = "connection_refused"
+CONNECT_TIMEOUT: Final = "connect_timeout"
+READ_TIMEOUT: Final = "read_timeout"
+PREMATURE_CLOSE: Final = "premature_close"
+CONNECTION_RESET: Final = "connection_reset"
+NO_LIVE_UPSTREAMS: Final = "no_live_upstreams"
+HEADER_TOO_BIG: Final = "header_too_big"
+INVALID_HEADER: Final = "invalid_header"
+SSL_HANDSHAKE_FAILED: Final = "ssl_handshake_failed"
+OTHER_UPSTREAM: Final = "other_upstream"
+NONE: Final = "none"
+
+KINDS: Final[tuple[str, ...]] = (
+    SOCKET_MISSING,
+    PERMISSION_DENIED,
+    BACKLOG_FULL,
+    CONNECTION_REFUSED,
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    PREMATURE_CLOSE,
+    CONNECTION_RESET,
+    NO_LIVE_UPSTREAMS,
+    HEADER_TOO_BIG,
+    INVALID_HEADER,
+    SSL_HANDSHAKE_FAILED,
+    OTHER_UPSTREAM,
+    NONE,
+)
+"""Every value :func:`classify_nginx` can return as ``kind``."""
+
+# -- PHP-FPM events ------------------------------------------------------------------------------
+
+MAX_CHILDREN_REACHED: Final = "max_children_reached"
+CHILD_KILLED: Final = "child_killed"
+EXECUTION_TIMEOUT: Final = "execution_timeout"
+BUSY: Final = "busy"
+BIND_ERROR: Final = "bind_error"
+
+EVENTS: Final[tuple[str, ...]] = (
+    MAX_CHILDREN_REACHED,
+    CHILD_KILLED,
+    EXECUTION_TIMEOUT,
+    BUSY,
+    BIND_ERROR,
+    NONE,
+)
+"""Every value :func:`classify_phpfpm` can return as ``event``."""
+
+Source = Literal["nginx", "php-fpm"]
+SOURCES: Final[tuple[Source, ...]] = ("nginx", "php-fpm")
+
+MAX_LINE_BYTES: Final = 64 * 1024
+"""Longer lines are cut to this length before classification and counted once."""
+
+_ERRNO_KIND: Final[dict[bytes, str]] = {
+    b"2": SOCKET_MISSING,
+    b"13": PERMISSION_DENIED,
+    b"11": BACKLOG_FULL,
+    b"111": CONNECTION_REFUSED,
+    b"104": CONNECTION_RESET,
+}
+# Errnos that name the cause only when the failing call is connect(): open() of a temp file
+# failing with 13 while reading upstream is nginx's own problem, not the upstream's.
+_CONNECT_ONLY: Final = frozenset({b"2", b"13", b"11", b"111"})
+
+# Messages that mention an upstream but are not a failure to talk to it.
+_NOT_FAILURES: Final[tuple[bytes, ...]] = (
+    b"client prematurely closed",
+    b"client closed",
+    b"buffered to a temporary file",
+    b"worker_connections are not enough",
+    b"temporarily disabled",
+    b"limiting requests",
+    b"limiting connections",
+)
+
+_UPSTREAM_CONTEXT: Final[tuple[bytes, ...]] = (b" to upstream", b" from upstream", b"reading upstream")
+
+_CACHE_LIMIT: Final = 4096
+_address_cache: dict[bytes, str | None] = {}
+
+
+def classify_nginx(line: bytes) -> tuple[str, str | None]:
+    """Return ``(kind, upstream)`` for one nginx error.log line (without or with its newline).
+
+    ``upstream`` is the normalised address (``unix:/run/php/php8.3-fpm.sock``,
+    ``127.0.0.1:8000``, ``[::1]:8080``) or None when the line names none or is not an upstream
+    failure (``kind == "none"``).
+    """
+    if b"upstream" not in line:
+        return NONE, None
+    counts: dict[tuple[str, str | None], int] = {}
+    tally_nginx((line.rstrip(b"\r\n"),), counts)
+    if not counts:
+        return NONE, None
+    return next(iter(counts))
+
+
+def tally_nginx(lines: Iterable[bytes], counts: dict[tuple[str, str | None], int]) -> int:
+    """Add each upstream failure among ``lines`` to ``counts[(kind, upstream)]``; return how many.
+
+    Lines of kind ``none`` are not added. This is the hot path of the tailer and of
+    ``logs analyze``: nginx's own line shape (``... [error] PID#TID: *CID message``) is
+    dispatched on the first bytes of the message with a handful of ``bytes.find`` calls; any
+    other shape goes through :func:`_classify_general`, which searches the whole message.
+    """
+    get = counts.get
+    prefixes = _PREFIXES
+    errno_kind = _ERRNO_KIND
+    cache = _address_cache
+    general = _classify_general
+    found = 0
+    for line in lines:
+        if b"upstream" not in line:
+            continue
+        find = line.find
+        p = find(b": *", 0, 512)
+        m = find(b" ", p + 3, p + 24) + 1 if p >= 0 else 0
+        code = prefixes.get(line[m : m + 12], 0) if m > 0 else 0
+        if code == 1 and line.startswith(b"upstream timed out", m):
+            # upstream timed out (...) while connecting/reading/sending/SSL handshaking
+            w = find(b" while ", m + 18, m + 160)
+            what = line[w + 7 : w + 8] if w > 0 else b""
+            kind = CONNECT_TIMEOUT if what == b"c" else SSL_HANDSHAKE_FAILED if what == b"S" else READ_TIMEOUT
+        elif (
+            code == 3 and (c := find(b":", m + 18, m + 24)) > 0 and line.startswith(b"connect() failed (", m)
+        ):
+            errno = line[m + 18 : c]
+            kind = CONNECT_TIMEOUT if errno == b"110" else errno_kind.get(errno, OTHER_UPSTREAM)
+        elif code == 2:  # connect() to ADDRESS failed (N: ...)
+            f = find(b" failed (", m + 13, m + 4109)
+            c = find(b":", f + 9, f + 15) if f >= 0 else -1
+            if c < 0:
+                key = general(line)
+            else:
+                errno = line[f + 9 : c]
+                kind = CONNECT_TIMEOUT if errno == b"110" else errno_kind.get(errno, OTHER_UPSTREAM)
+                key = (kind, _field_address(line, m) or upstream_address(line[m + 13 : f]))
+            counts[key] = get(key, 0) + 1
+            found += 1
+            continue
+        elif code == 4:  # recv()/readv()/writev()/send() failed (N: ...) while ... upstream
+            f = find(b"failed (", m, m + 24)
+            c = find(b":", f + 8, f + 14) if f >= 0 else -1
+            if c < 0 or find(b"upstream, client: ", f) < 0:
+                key = general(line)
+                if key[0] is not NONE:
+                    counts[key] = get(key, 0) + 1
+                    found += 1
+                continue
+            errno = line[f + 8 : c]
+            kind = (
+                CONNECTION_RESET if errno == b"104" else READ_TIMEOUT if errno == b"110" else OTHER_UPSTREAM
+            )
+        elif code == 5 and line.startswith(b"upstream prematurely closed", m):
+            kind = PREMATURE_CLOSE
+        elif code == 6 and line.startswith(b"no live upstreams", m):
+            kind = NO_LIVE_UPSTREAMS
+        else:
+            key = general(line)
+            if key[0] is not NONE:
+                counts[key] = get(key, 0) + 1
+                found += 1
+            continue
+        # upstream: "scheme://address/uri" -- cut the URI before the cache lookup.
+        address = None
+        k = find(b'upstream: "', m)
+        if k >= 0:
+            s = k + 11
+            e = find(b'"', s)
+            if e > s:
+                u = find(b"unix:", s, s + 16)
+                stop = find(b":", u + 5, e) if u >= 0 else find(b"/", s + 10, e)
+                raw = line[s : stop if stop > 0 else e]
+                address = cache.get(raw)
+                if address is None:
+                    address = upstream_address(raw)
+        else:
+            address = _escaped_field_address(line, m)
+        key = (kind, address)
+        counts[key] = get(key, 0) + 1
+        found += 1
+    return found
+
+
+def _escaped_field_address(line: bytes, start: int) -> str | None:
+    """``upstream: \\"...\\"`` as it appears inside a JSON string (Docker's json-file logs)."""
+    k = line.find(b'upstream: \\"', start)
+    if k < 0:
+        return None
+    e = line.find(b'\\"', k + 12)
+    return upstream_address(line[k + 12 : e]) if e > k + 12 else None
+
+
+def _field_address(line: bytes, start: int) -> str | None:
+    """The normalised value of the first ``upstream: "..."`` field at or after ``start``."""
+    find = line.find
+    k = find(b'upstream: "', start)
+    if k < 0:
+        return _escaped_field_address(line, start)
+    s = k + 11
+    e = find(b'"', s)
+    if e <= s:
+        return None
+    return upstream_address(line[s:e])
+
+
+_PREFIXES: Final[dict[bytes, int]] = {
+    b"upstream tim": 1,
+    b"connect() to": 2,
+    b"connect() fa": 3,
+    b"recv() faile": 4,
+    b"readv() fail": 4,
+    b"writev() fai": 4,
+    b"send() faile": 4,
+    b"upstream pre": 5,
+    b"no live upst": 6,
+}
+
+
+def _classify_general(line: bytes) -> tuple[str, str | None]:
+    find = line.find
+    end = find(b", client: ")
+    if end < 0:
+        end = len(line)
+    if find(b"sent in stderr", 0, end) >= 0:
+        # FastCGI stderr: PHP's own output ("Primary script unknown", PHP warnings), may say anything.
+        return NONE, None
+    if (i := find(b"upstream timed out", 0, end)) >= 0:
+        w = find(b" while ", i + 18, end)
+        what = line[w + 7 : w + 8] if w > 0 else b""
+        kind = CONNECT_TIMEOUT if what == b"c" else SSL_HANDSHAKE_FAILED if what == b"S" else READ_TIMEOUT
+    elif find(b"handshak", 0, end) >= 0 and find(b"SSL", 0, end) >= 0:
+        kind = SSL_HANDSHAKE_FAILED
+    elif (i := find(b"failed (", 0, end)) >= 0:
+        if find(b"upstream", i, end) < 0:
+            return NONE, None
+        j = find(b":", i + 8, i + 14)
+        errno = line[i + 8 : j] if j > 0 else b""
+        if errno == b"110":
+            kind = CONNECT_TIMEOUT if find(b"while connecting to upstream", i, end) >= 0 else READ_TIMEOUT
+        else:
+            kind = _ERRNO_KIND.get(errno, OTHER_UPSTREAM)
+            if errno in _CONNECT_ONLY and find(b"connect()", 0, i) < 0:
+                kind = OTHER_UPSTREAM
+    elif find(b"upstream prematurely closed", 0, end) >= 0:
+        kind = PREMATURE_CLOSE
+    elif find(b"no live upstreams", 0, end) >= 0:
+        kind = NO_LIVE_UPSTREAMS
+    elif (i := find(b"upstream sent ", 0, end)) >= 0:
+        if find(b"too big header", i, end) >= 0:
+            kind = HEADER_TOO_BIG
+        elif find(b"invalid", i, end) >= 0 or find(b"no valid", i, end) >= 0:
+            kind = INVALID_HEADER
+        else:
+            kind = OTHER_UPSTREAM
+    else:
+        for phrase in _NOT_FAILURES:
+            if find(phrase, 0, end) >= 0:
+                return NONE, None
+        for phrase in _UPSTREAM_CONTEXT:
+            if find(phrase, 0, end) >= 0:
+                kind = OTHER_UPSTREAM
+                break
+        else:
+            return NONE, None
+    if kind == OTHER_UPSTREAM:
+        for phrase in _NOT_FAILURES:
+            if find(phrase, 0, end) >= 0:
+                return NONE, None
+    # The upstream: "..." field follows client/server/request, all written by nginx; taking the
+    # first occurrence after the message keeps a hostile referrer from choosing the label.
+    address = _field_address(line, end)
+    if address is not None:
+        return kind, address
+    k = find(b"connect() to ", 0, end)
+    if k >= 0:
+        e = find(b" failed", k + 13, end)
+        if e > k + 13:
+            return kind, upstream_address(line[k + 13 : e])
+    return kind, None
+
+
+def upstream_address(raw: bytes) -> str | None:
+    """Normalise an upstream as nginx logs it: no scheme, no URI path, ``unix:`` kept.
+
+    ``fastcgi://unix:/run/php.sock:`` -> ``unix:/run/php.sock``;
+    ``http://[::1]:8080/x?y`` -> ``[::1]:8080``; ``unix:///x`` -> ``unix:/x``.
+    """
+    cached = _address_cache.get(raw)
+    if cached is not None or raw in _address_cache:
+        return cached
+    value = _normalise(raw)
+    if len(_address_cache) >= _CACHE_LIMIT:
+        _address_cache.clear()
+    _address_cache[raw] = value
+    return value
+
+
+def _normalise(raw: bytes) -> str | None:
+    quote = raw.find(b'"')
+    value = (raw[:quote] if quote >= 0 else raw).strip()
+    if not value.startswith(b"unix:"):
+        scheme = value.find(b"://")
+        if 0 < scheme <= 16:
+            value = value[scheme + 3 :]
+    if value.startswith(b"unix:"):
+        path = value[5:]
+        colon = path.find(b":")
+        if colon >= 0:
+            path = path[:colon]
+        if path.startswith(b"/"):
+            path = b"/" + path.lstrip(b"/")
+        if not path:
+            return None
+        return "unix:" + path.decode("utf-8", "replace")[:256]
+    for stop in (b"/", b"?", b" "):
+        cut = value.find(stop)
+        if cut >= 0:
+            value = value[:cut]
+    if not value:
+        return None
+    return value.decode("utf-8", "replace")[:256]
+
+
+# -- PHP-FPM -------------------------------------------------------------------------------------
+
+_SIGNAL_RE: Final = re.compile(rb"exited on signal (\d+)(?: \((SIG[A-Z0-9]+))?")
+
+
+def classify_phpfpm(line: bytes) -> tuple[str, str | None, str | None]:
+    """Return ``(event, pool, signal)`` for one PHP-FPM log line.
+
+    ``pool`` comes from ``[pool NAME]`` (None when absent); ``signal`` is set only for
+    ``child_killed`` (``SIGTERM`` or the number when nginx names none).
+    """
+    find = line.find
+    pool: str | None = None
+    p = find(b"[pool ")
+    if p >= 0:
+        e = find(b"]", p + 6, p + 6 + 256)
+        if e > p + 6:
+            pool = line[p + 6 : e].decode("utf-8", "replace")
+    end = find(b" said into std")  # catch_workers_output: the rest is the script's own output
+    if end < 0:
+        end = len(line)
+    if find(b"execution timed out", 0, end) >= 0:
+        return EXECUTION_TIMEOUT, pool, None
+    if find(b"exited on signal", 0, end) >= 0:
+        m = _SIGNAL_RE.search(line, 0, end)
+        signal = None
+        if m is not None:
+            signal = (m.group(2) or m.group(1)).decode("ascii")
+        return CHILD_KILLED, pool, signal
+    if find(b"max_children setting", 0, end) >= 0:
+        return MAX_CHILDREN_REACHED, pool, None
+    if find(b"seems busy", 0, end) >= 0:
+        return BUSY, pool, None
+    if find(b"unable to bind listening socket", 0, end) >= 0:
+        return BIND_ERROR, pool, None
+    return NONE, pool, None
+
+
+# -- timestamps and source detection (offline paths only) ------------------------------------
+
+_MONTHS: Final = {
+    m: f"{i:02d}"
+    for i, m in enumerate(
+        (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"),
+        start=1,
+    )
+}
+_TIME_RE: Final = re.compile(
+    rb"(\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d)"  # nginx
+    rb"|\[(\d\d)-([A-Z][a-z]{2})-(\d{4}) (\d\d:\d\d:\d\d)"  # PHP-FPM
+    rb"|(\d{4})-(\d\d)-(\d\d)[T ](\d\d:\d\d:\d\d)"  # ISO 8601 (Docker, journald --output=short-iso)
+)
+
+
+def line_time(line: bytes) -> str | None:
+    """The line's timestamp as ``YYYY-MM-DD HH:MM:SS`` (nginx, PHP-FPM or ISO form), or None."""
+    m = _TIME_RE.search(line, 0, 200)
+    if m is None:
+        return None
+    g = m.groups()
+    if g[0] is not None:
+        return f"{g[0].decode()}-{g[1].decode()}-{g[2].decode()} {g[3].decode()}"
+    if g[4] is not None:
+        month = _MONTHS.get(g[5])
+        if month is None:
+            return None
+        return f"{g[6].decode()}-{month}-{g[4].decode()} {g[7].decode()}"
+    return f"{g[8].decode()}-{g[9].decode()}-{g[10].decode()} {g[11].decode()}"
+
+
+_NGINX_SHAPE: Final = re.compile(rb"\[(?:debug|info|notice|warn|error|crit|alert|emerg)\] \d+#\d+: ")
+_PHPFPM_SHAPE: Final = re.compile(rb"\b(?:DEBUG|NOTICE|WARNING|ERROR|ALERT|CRITICAL|SYSTEM): ")
+
+
+def detect_source(sample: bytes) -> Source:
+    """Guess whether a block of log text is from nginx or PHP-FPM (nginx when unsure)."""
+    nginx = len(_NGINX_SHAPE.findall(sample))
+    phpfpm = len(_PHPFPM_SHAPE.findall(sample))
+    return "php-fpm" if phpfpm > nginx else "nginx"

@@ -1,0 +1,66 @@
+"""Prometheus metric families from a :class:`~exporter.logs.tailer.LogSnapshot` (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.logs.tailer import LogSnapshot, LogWatcher
+
+
+def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
+    """Yield the log metrics of issue 3; every family is yielded even when it has no samples."""
+    errors = CounterMetricFamily(
+        "badgateway_nginx_upstream_errors",
+        "Upstream failures logged by nginx, by cause (kind) and normalised upstream address.",
+        labels=["log", "kind", "upstream"],
+    )
+    lines = CounterMetricFamily(
+        "badgateway_nginx_error_log_lines",
+        "Lines read from an nginx error log.",
+        labels=["log"],
+    )
+    events = CounterMetricFamily(
+        "badgateway_phpfpm_log_events",
+        "Lines read from a PHP-FPM log, by pool and event (none: any other line).",
+        labels=["log", "pool", "event"],
+    )
+    rotations = CounterMetricFamily(
+        "badgateway_log_rotations",
+        "Times a tailed log was rotated (renamed, truncated, deleted or replaced).",
+        labels=["log"],
+    )
+    read_errors = CounterMetricFamily(
+        "badgateway_log_read_errors",
+        "Failed attempts to open or read a log (permission denied, not a file, I/O error).",
+        labels=["log"],
+    )
+    lag = GaugeMetricFamily(
+        "badgateway_log_lag_bytes",
+        "Bytes written to a log but not yet read by the exporter.",
+        labels=["log"],
+    )
+    for path in sorted(snapshot.logs):
+        c = snapshot.logs[path]
+        if c.source == "nginx":
+            lines.add_metric([path], c.lines)
+            for (kind, upstream), n in sorted(c.upstream_errors.items()):
+                errors.add_metric([path, kind, upstream], n)
+        else:
+            for (pool, event), n in sorted(c.phpfpm_events.items()):
+                events.add_metric([path, pool, event], n)
+        rotations.add_metric([path], c.rotations)
+        read_errors.add_metric([path], c.read_errors)
+        lag.add_metric([path], c.lag_bytes)
+    yield errors
+    yield lines
+    yield events
+    yield rotations
+    yield read_errors
+    yield lag
+
+
+def log_families(watcher: LogWatcher) -> Callable[[], Iterator[Metric]]:
+    """A metrics source for :class:`exporter.server.Exporter`: the watcher's counters, copied at scrape time."""
+    return lambda: metric_families(watcher.snapshot())

@@ -1,0 +1,648 @@
+"""Tail nginx error logs and PHP-FPM logs in a background thread and count what they say.
+
+One thread polls every configured file and glob; the scrape path only copies counters
+(:meth:`LogWatcher.snapshot`). Rotation by rename-and-create, copytruncate, delete-and-recreate
+and files that appear later are followed; a state file (inode, offset, first bytes) lets a
+restart continue exactly where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from exporter.config import LogSettings
+from exporter.logs.classify import MAX_LINE_BYTES, NONE, Source, classify_phpfpm, tally_nginx
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES: Final = 1 << 20
+POLL_BUDGET_BYTES: Final = 64 << 20
+"""At most this much is read from one file per poll, so that one busy log cannot starve the rest."""
+HEAD_BYTES: Final = 256
+"""How many first bytes of a file identify it (copytruncate detection, restarts)."""
+RETIRE_GRACE_SECONDS: Final = 5.0
+"""How long a rotated-away file is still read: nginx writes to it until it reopens its logs."""
+SAVE_INTERVAL_SECONDS: Final = 5.0
+RETRY_INTERVAL_SECONDS: Final = 1.0
+GLOB_INTERVAL_SECONDS: Final = 1.0
+UNKNOWN: Final = "unknown"
+OTHER: Final = "other"
+_COMPRESSED: Final = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+_SEEN_LIMIT: Final = 1024
+
+
+@dataclass(frozen=True)
+class LogCounters:
+    """What one log file has said so far (a copy, safe to read without a lock)."""
+
+    source: Source
+    lines: int = 0
+    upstream_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """``(kind, upstream)`` -> count, nginx logs only; ``kind`` is never ``none``."""
+    phpfpm_events: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """``(pool, event)`` -> count, PHP-FPM logs only; ``pool`` is ``""`` when the line has none."""
+    rotations: int = 0
+    read_errors: int = 0
+    lag_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LogSnapshot:
+    """Counters of every tailed log, keyed by path (the ``log`` label)."""
+
+    logs: Mapping[str, LogCounters]
+
+
+class _Counters:
+    __slots__ = (
+        "errors",
+        "events",
+        "lag",
+        "lines",
+        "pools",
+        "read_errors",
+        "rotations",
+        "source",
+        "upstreams",
+    )
+
+    def __init__(self, source: Source) -> None:
+        self.source: Source = source
+        self.lines = 0
+        self.errors: dict[tuple[str, str], int] = {}
+        self.events: dict[tuple[str, str], int] = {}
+        self.rotations = 0
+        self.read_errors = 0
+        self.lag = 0
+        self.upstreams: set[str] = set()
+        self.pools: set[str] = set()
+
+    def copy(self) -> LogCounters:
+        return LogCounters(
+            source=self.source,
+            lines=self.lines,
+            upstream_errors=dict(self.errors),
+            phpfpm_events=dict(self.events),
+            rotations=self.rotations,
+            read_errors=self.read_errors,
+            lag_bytes=self.lag,
+        )
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines: a partial last line waits for its newline, a line over
+    64 KiB is cut to 64 KiB and counted once (the rest is skipped up to its newline).
+
+    ``consumed`` is the stream offset just past the last byte that will never be returned again
+    (the end of the last complete or skipped line): the offset to save in the state file.
+    """
+
+    __slots__ = ("consumed", "partial", "skipping")
+
+    def __init__(self, consumed: int = 0, skipping: bool = False) -> None:
+        self.consumed = consumed
+        self.partial = b""
+        self.skipping = skipping
+
+    @property
+    def position(self) -> int:
+        """Offset of the next byte to read."""
+        return self.consumed + len(self.partial)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return the lines completed by ``data`` (without their newlines)."""
+        if self.skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self.consumed += len(data)
+                return []
+            self.consumed += nl + 1
+            data = data[nl + 1 :]
+            self.skipping = False
+        buf = self.partial + data if self.partial else data
+        last = buf.rfind(b"\n")
+        if last < 0:
+            lines: list[bytes] = []
+            rest = buf
+        else:
+            lines = buf[:last].split(b"\n")
+            rest = buf[last + 1 :]
+            self.consumed += last + 1
+            if max(map(len, lines)) > MAX_LINE_BYTES:
+                lines = [line[:MAX_LINE_BYTES] for line in lines]
+        if len(rest) > MAX_LINE_BYTES:
+            lines.append(rest[:MAX_LINE_BYTES])
+            self.consumed += len(rest)
+            self.partial = b""
+            self.skipping = True
+        else:
+            self.partial = rest
+        return lines
+
+    def flush(self) -> list[bytes]:
+        """End of a file that will not grow any more: its unterminated last line counts."""
+        rest, self.partial = self.partial, b""
+        self.skipping = False
+        if not rest:
+            return []
+        self.consumed += len(rest)
+        return [rest]
+
+
+@dataclass
+class _Retired:
+    fd: int
+    tail: _Tail
+    splitter: LineSplitter
+    until: float
+
+
+@dataclass
+class _Tail:
+    path: str
+    source: Source
+    start: Literal["end", "beginning"]
+    resume: dict[str, object] | None = None
+    fd: int | None = None
+    dev: int = 0
+    ino: int = 0
+    head: bytes = b""
+    splitter: LineSplitter = field(default_factory=LineSplitter)
+    size_seen: int = -1
+    mtime_seen: int = -1
+    failing: bool = False
+    retry_at: float = 0.0
+
+
+class LogWatcher:
+    """Tails the logs named in :class:`~exporter.config.LogSettings` in one background thread."""
+
+    def __init__(self, settings: LogSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._counters: dict[str, _Counters] = {}
+        self._tails: dict[str, _Tail] = {}
+        self._retired: list[_Retired] = []
+        self._seen: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first_scan = True
+        self._next_glob = 0.0
+        self._next_save = 0.0
+        self._state = self._load_state()
+        self._stopped = False
+
+    # -- public -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread (files are opened on its first poll)."""
+        if self._thread is not None:
+            return
+        if self._stopped:
+            # Restarted: continue from where stop() left off, as a new process would.
+            self._tails.clear()
+            self._first_scan = True
+            self._next_glob = 0.0
+            self._stopped = False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="badgateway-logs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, finish rotated-away files and save the state file."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for retired in self._retired:
+            self._finish_retired(retired)
+        self._retired.clear()
+        self._save_state()
+        for tail in self._tails.values():
+            if tail.fd is not None:
+                os.close(tail.fd)
+                tail.fd = None
+        self._stopped = True
+
+    def snapshot(self) -> LogSnapshot:
+        """A consistent copy of every counter; no file I/O."""
+        with self._lock:
+            return LogSnapshot({path: c.copy() for path, c in self._counters.items()})
+
+    def poll_once(self) -> None:
+        """One polling round in the calling thread: find files, read what is new, count it.
+
+        Used by the background thread; call it directly only when the thread is not running.
+        """
+        now = time.monotonic()
+        if now >= self._next_glob:
+            self._scan()
+            self._next_glob = now + GLOB_INTERVAL_SECONDS
+        for tail in list(self._tails.values()):
+            if self._stop.is_set() and self._thread is not None:
+                break
+            try:
+                self._poll_tail(tail, now)
+            except OSError as exc:
+                self._read_error(tail, now, exc)
+        still: list[_Retired] = []
+        for retired in self._retired:
+            self._drain(retired.fd, retired.tail, retired.splitter)
+            if now >= retired.until:
+                self._finish_retired(retired)
+            else:
+                still.append(retired)
+        self._retired = still
+        if now >= self._next_save:
+            self._save_state()
+            self._next_save = now + SAVE_INTERVAL_SECONDS
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = max(self.settings.poll_interval_seconds, 0.01)
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # never let the thread die: the exporter would silently go blind
+                log.exception("log tailer: unexpected error; continuing")
+            self._stop.wait(interval)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        patterns: list[tuple[str, Source]] = [(p, "nginx") for p in self.settings.nginx]
+        patterns += [(p, "php-fpm") for p in self.settings.php_fpm]
+        for pattern, source in patterns:
+            paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            for path in paths:
+                if path in self._tails:
+                    continue
+                resume = self._state.get(path)
+                if self._first_scan:
+                    start = self.settings.start
+                else:
+                    start = "beginning"
+                    if self._known_inode(path):
+                        continue  # a file we are still reading under its old name
+                tail = _Tail(path=path, source=source, start=start, resume=resume)
+                self._tails[path] = tail
+                with self._lock:
+                    self._counters.setdefault(path, _Counters(source))
+        self._first_scan = False
+
+    def _known_inode(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        return any((r.tail.dev, r.tail.ino) == key for r in self._retired if r.fd >= 0) or any(
+            t.fd is not None and (t.dev, t.ino) == key for t in self._tails.values()
+        )
+
+    def _poll_tail(self, tail: _Tail, now: float) -> None:
+        if tail.failing and now < tail.retry_at:
+            return
+        try:
+            st = os.stat(tail.path)
+        except FileNotFoundError:
+            if tail.fd is not None:
+                self._retire(tail, now)
+            self._set_lag(tail, 0)
+            self._ok(tail)
+            return
+        if tail.fd is not None and (st.st_dev, st.st_ino) != (tail.dev, tail.ino):
+            self._retire(tail, now)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(21, "not a regular file", tail.path)
+        if tail.fd is None:
+            self._open(tail, now)
+            if tail.fd is None:
+                return
+        else:
+            position = tail.splitter.position
+            changed = st.st_size != tail.size_seen or st.st_mtime_ns != tail.mtime_seen
+            if st.st_size < position or (changed and not self._head_ok(tail)):
+                self._truncated(tail)
+        tail.size_seen, tail.mtime_seen = st.st_size, st.st_mtime_ns
+        assert tail.fd is not None
+        self._read_active(tail)
+        self._set_lag(tail, max(0, os.fstat(tail.fd).st_size - tail.splitter.position))
+        self._ok(tail)
+
+    def _open(self, tail: _Tail, now: float) -> None:
+        fd = os.open(tail.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(21, "not a regular file", tail.path)
+        except OSError:
+            os.close(fd)
+            raise
+        tail.fd, tail.dev, tail.ino = fd, st.st_dev, st.st_ino
+        tail.head = b""
+        tail.splitter = LineSplitter()
+        resume, tail.resume = tail.resume, None
+        start, tail.start = tail.start, "beginning"
+        seen = self._seen.pop((st.st_dev, st.st_ino), None)
+        if resume is not None:
+            self._resume(tail, resume, st)
+        elif seen is not None and os.pread(fd, len(seen[0]), 0) == seen[0] and st.st_size >= seen[1]:
+            tail.head, tail.splitter = seen[0], LineSplitter(seen[1])
+        elif start == "end" and st.st_size > 0:
+            last = os.pread(fd, 1, st.st_size - 1)
+            # Mid-line: skip to the next newline without counting the rest of that line.
+            tail.splitter = LineSplitter(st.st_size, skipping=last != b"\n")
+            tail.head = os.pread(fd, HEAD_BYTES, 0)
+
+    def _resume(self, tail: _Tail, state: Mapping[str, object], st: os.stat_result) -> None:
+        """Continue from the state file, finishing the file we had been reading first."""
+        assert tail.fd is not None
+        offset, skipping = state.get("offset"), state.get("skipping")
+        dev, ino, head_hex = state.get("dev"), state.get("ino"), state.get("head")
+        if not (isinstance(offset, int) and isinstance(dev, int) and isinstance(ino, int)):
+            return
+        if not isinstance(head_hex, str):
+            return
+        try:
+            head = bytes.fromhex(head_hex)
+        except ValueError:
+            return
+        splitter = LineSplitter(offset, skipping=skipping is True)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            if st.st_size >= offset and os.pread(tail.fd, len(head), 0) == head:
+                tail.head, tail.splitter = head, splitter
+                return
+            old = self._find_copy(tail.path, head, offset, exclude=(dev, ino))  # copytruncate
+        else:
+            old = self._find_inode(tail.path, dev, ino, head)  # renamed while we were stopped
+        self._finish_path(old, tail, splitter)
+        self._count_rotation(tail)
+
+    def _head_ok(self, tail: _Tail) -> bool:
+        assert tail.fd is not None
+        head = os.pread(tail.fd, HEAD_BYTES, 0)
+        if not head.startswith(tail.head):
+            return False
+        if len(head) > len(tail.head) and tail.splitter.position > 0:
+            tail.head = head
+        return True
+
+    def _drain(self, fd: int, tail: _Tail, splitter: LineSplitter) -> None:
+        """Read a file that is no longer at its path from the splitter's position to its end."""
+        while data := os.pread(fd, CHUNK_BYTES, splitter.position):
+            self._count(tail, splitter.feed(data))
+
+    def _read_active(self, tail: _Tail) -> None:
+        """Read what is new in the file at ``tail.path``, at most ``POLL_BUDGET_BYTES`` per poll."""
+        assert tail.fd is not None
+        budget = POLL_BUDGET_BYTES
+        while budget > 0:
+            splitter = tail.splitter
+            position = splitter.position
+            data = os.pread(tail.fd, CHUNK_BYTES, position)
+            if not data:
+                return
+            if position == 0 and not tail.head:
+                tail.head = data[:HEAD_BYTES]
+            elif not self._head_ok(tail):
+                # Truncated after our last check: what we read may be the new content.
+                self._truncated(tail)
+                continue
+            budget -= len(data)
+            self._count(tail, splitter.feed(data))
+            if self._stop.is_set() and self._thread is not None:
+                return
+
+    def _count(self, tail: _Tail, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if tail.source == "nginx":
+            found: dict[tuple[str, str | None], int] = {}
+            tally_nginx(lines, found)
+            self._merge_nginx(tail.path, len(lines), found)
+        else:
+            events: dict[tuple[str | None, str], int] = {}
+            for line in lines:
+                event, pool, _signal = classify_phpfpm(line)
+                key = (pool, event)
+                events[key] = events.get(key, 0) + 1
+            self._merge_phpfpm(tail.path, len(lines), events)
+
+    def _merge_nginx(self, path: str, lines: int, found: Mapping[tuple[str, str | None], int]) -> None:
+        limit = self.settings.max_upstreams
+        with self._lock:
+            c = self._counters[path]
+            c.lines += lines
+            for (kind, upstream), n in found.items():
+                label = _bounded(c.upstreams, upstream, limit, UNKNOWN)
+                key = (kind, label)
+                c.errors[key] = c.errors.get(key, 0) + n
+
+    def _merge_phpfpm(self, path: str, lines: int, events: Mapping[tuple[str | None, str], int]) -> None:
+        limit = self.settings.max_upstreams
+        with self._lock:
+            c = self._counters[path]
+            c.lines += lines
+            for (pool, event), n in events.items():
+                key = (_bounded(c.pools, pool, limit, ""), event)
+                c.events[key] = c.events.get(key, 0) + n
+
+    # -- rotation -----------------------------------------------------------------------------
+
+    def _retire(self, tail: _Tail, now: float) -> None:
+        """The path no longer names our file: keep reading the old one for a while."""
+        assert tail.fd is not None
+        retired = _Retired(tail.fd, tail, tail.splitter, now + RETIRE_GRACE_SECONDS)
+        self._drain(retired.fd, tail, retired.splitter)
+        self._retired.append(retired)
+        self._remember(tail.dev, tail.ino, tail.head, retired.splitter)
+        tail.fd = None
+        tail.splitter = LineSplitter()
+        tail.head = b""
+        tail.size_seen = tail.mtime_seen = -1
+        self._count_rotation(tail)
+
+    def _finish_retired(self, retired: _Retired) -> None:
+        try:
+            self._drain(retired.fd, retired.tail, retired.splitter)
+            self._count(retired.tail, retired.splitter.flush())
+            self._remember(retired.tail.dev, retired.tail.ino, b"", retired.splitter)
+        except OSError as exc:
+            self._read_error(retired.tail, time.monotonic(), exc)
+        finally:
+            os.close(retired.fd)
+
+    def _remember(self, dev: int, ino: int, head: bytes, splitter: LineSplitter) -> None:
+        """Where a rotated-away file ended, in case a glob matches it under its new name."""
+        key = (dev, ino)
+        old = self._seen.get(key)
+        self._seen[key] = (head or (old[0] if old else b""), splitter.position)
+        while len(self._seen) > _SEEN_LIMIT:
+            del self._seen[next(iter(self._seen))]
+
+    def _truncated(self, tail: _Tail) -> None:
+        """copytruncate: finish from the copy (matched by its first bytes), restart at 0."""
+        copy = self._find_copy(tail.path, tail.head, tail.splitter.position, exclude=(tail.dev, tail.ino))
+        self._finish_path(copy, tail, tail.splitter)
+        tail.splitter = LineSplitter()
+        tail.head = b""
+        self._count_rotation(tail)
+
+    def _finish_path(self, path: str | None, tail: _Tail, splitter: LineSplitter) -> None:
+        if path is not None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                self._read_error(tail, time.monotonic(), exc)
+            else:
+                try:
+                    self._drain(fd, tail, splitter)
+                finally:
+                    os.close(fd)
+        self._count(tail, splitter.flush())
+
+    def _find_copy(self, path: str, head: bytes, offset: int, exclude: tuple[int, int]) -> str | None:
+        """The rotated copy of ``path``: a sibling named after it that starts with ``head``."""
+        if not head:
+            return None
+        folder, base = os.path.split(path)
+        best: tuple[int, str] | None = None
+        with contextlib.suppress(OSError), os.scandir(folder or ".") as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(base) or name == base or name.endswith(_COMPRESSED):
+                    continue
+                try:
+                    st = entry.stat()
+                    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == exclude:
+                        continue
+                    if st.st_size < offset or not _starts_with(entry.path, head):
+                        continue
+                except OSError:
+                    continue
+                if best is None or st.st_mtime_ns > best[0]:
+                    best = (st.st_mtime_ns, entry.path)
+        return best[1] if best else None
+
+    def _find_inode(self, path: str, dev: int, ino: int, head: bytes) -> str | None:
+        """The file we were reading, renamed while we were stopped (same folder, same inode)."""
+        folder = os.path.dirname(path) or "."
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.inode() != ino:
+                        continue
+                    st = entry.stat()
+                    if st.st_dev == dev and stat.S_ISREG(st.st_mode) and _starts_with(entry.path, head):
+                        return entry.path
+                except OSError:
+                    continue
+        return None
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _count_rotation(self, tail: _Tail) -> None:
+        with self._lock:
+            self._counters[tail.path].rotations += 1
+
+    def _set_lag(self, tail: _Tail, lag: int) -> None:
+        with self._lock:
+            self._counters[tail.path].lag = lag
+
+    def _ok(self, tail: _Tail) -> None:
+        tail.failing = False
+
+    def _read_error(self, tail: _Tail, now: float, exc: OSError) -> None:
+        if not tail.failing:
+            log.warning("cannot read %s: %s", tail.path, exc.strerror or exc)
+        tail.failing = True
+        tail.retry_at = now + max(RETRY_INTERVAL_SECONDS, self.settings.poll_interval_seconds)
+        with self._lock:
+            self._counters[tail.path].read_errors += 1
+
+    # -- state file ---------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, dict[str, object]]:
+        path = self.settings.state_file
+        if not path:
+            return {}
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring state file %s: %s", path, exc)
+            return {}
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            return {}
+        return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, dict)}
+
+    def _save_state(self) -> None:
+        path = self.settings.state_file
+        files: dict[str, dict[str, object]] = {}
+        for tail in self._tails.values():
+            if tail.fd is not None:
+                files[tail.path] = {
+                    "dev": tail.dev,
+                    "ino": tail.ino,
+                    "offset": tail.splitter.consumed,
+                    "skipping": tail.splitter.skipping,
+                    "head": tail.head.hex(),
+                }
+            elif tail.resume is not None:
+                files[tail.path] = dict(tail.resume)  # not reopened yet: keep what we had
+        self._state = files
+        if not path:
+            return
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump({"version": 1, "files": files}, handle)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save state file %s: %s", path, exc.strerror or exc)
+
+
+def _bounded(seen: set[str], value: str | None, limit: int, missing: str) -> str:
+    """``value`` if it is (or may become) one of at most ``limit`` distinct values, else other."""
+    if value is None:
+        return missing
+    if value in seen:
+        return value
+    if len(seen) < limit:
+        seen.add(value)
+        return value
+    return OTHER
+
+
+def _starts_with(path: str, head: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(head)) == head
+
+
+def count_lines(lines: Iterable[bytes], source: Source) -> dict[tuple[str, str | None], int]:
+    """Classify ``lines`` the way the tailer does: ``(kind, upstream)`` or ``(event, pool)`` counts."""
+    if source == "nginx":
+        found: dict[tuple[str, str | None], int] = {}
+        tally_nginx(lines, found)
+        return found
+    events: dict[tuple[str, str | None], int] = {}
+    for line in lines:
+        event, pool, _signal = classify_phpfpm(line)
+        if event != NONE:
+            events[(event, pool)] = events.get((event, pool), 0) + 1
+    return events

@@ -1,0 +1,85 @@
+"""Configuration: defaults, the example, and bad input reported in one line with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, config_from_dict, load_config
+from exporter_harness import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_fit_the_runbook_host() -> None:
+    config = config_from_dict({})
+    assert [pool.socket for pool in config.php_fpm] == ["/run/php/php8.3-fpm.sock"]
+    assert [(t.name, t.url) for t in config.http] == [
+        ("backend", "http://127.0.0.1:8000/health"),
+        ("front", "http://localhost/"),
+    ]
+    assert config.listen_address == ":9502"
+    assert config.nginx_user == "www-data"
+    assert config.units.php_fpm is not None and config.units.php_fpm.endswith("-fpm.service")
+
+
+def test_example_of_the_runbook_site_loads() -> None:
+    config = load_config(str(ROOT / "examples" / "iiko-base.yml"))
+    assert config.php_fpm[0].socket == "/var/run/php/php8.3-fpm.sock"
+    assert config.units.backend == "iiko-backend.service"
+    assert config.logs.nginx == ["/var/log/nginx/error.log", "/var/log/nginx/iiko-base-error.log"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"php_fpm": [{"sokcet": "/x"}]}, "f.yml: php_fpm[0].sokcet: unknown key"),
+        ({"nginx": {"test": "yes"}}, "f.yml: nginx.test: expected true or false, got 'yes'"),
+        ({"http": [{"name": "a", "url": "http://x/", "role": "middle"}]}, "f.yml: http[0].role: expected one of"),
+        ({"http": [{"url": "http://x/"}]}, "f.yml: http[0].name: required key missing"),
+        ({"http": [{"name": "a", "url": "ftp://x/"}]}, "f.yml: http[0].url: must start with http:// or https://"),
+        ({"scrape_timeout_seconds": 0}, "f.yml: scrape_timeout_seconds: must be positive"),
+        ({"processes": {"nginx": "("}}, "f.yml: processes.nginx: invalid regular expression"),
+        ([1, 2], "f.yml: <top level>: expected a mapping"),
+    ],
+)
+def test_invalid_values_name_the_key(document: object, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict(document, "f.yml")
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("php_fpm:\n  - socket: /x\n    colour: red\n", ": php_fpm[0].colour: unknown key"),
+        ("nginx: [unclosed\n", ": line 2:"),
+        (None, ": cannot read: No such file or directory"),
+    ],
+)
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, content: str | None, expected: str) -> None:
+    path = tmp_path / "bad.yml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    for command in (["diagnose"], []):
+        done = cli("--config", str(path), *command, timeout=30)
+        assert done.returncode == 2
+        assert done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"badgateway-exporter: {path}")
+        assert expected in lines[0]
+        assert "Traceback" not in done.stderr
+
+
+def test_cli_rejects_a_bad_listen_address() -> None:
+    done = cli("--web.listen-address", "nowhere", timeout=30)
+    assert done.returncode == 2
+    assert "listen-address" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_version() -> None:
+    done = cli("--version", timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.startswith("badgateway-exporter ")
