@@ -11,9 +11,6 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-
-from exporter import rules
-from exporter.demo.stack import Stack, wait_until
 from exporter_harness import (
     RunningExporter,
     Scrape,
@@ -23,6 +20,9 @@ from exporter_harness import (
     stack_config,
     write_config,
 )
+
+from exporter import rules
+from exporter.demo.stack import Stack, wait_until
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx workers must run as www-data")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from exporter_harness import cli
 
 from exporter.config import ConfigError, config_from_dict, load_config
-from exporter_harness import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 

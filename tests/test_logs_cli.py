@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from logs_stack import LogStack, available, wait_for
 
 from exporter.config import LogSettings
 from exporter.logs.analyze import recent, recent_from_settings
 from exporter.logs.classify import classify_nginx, classify_phpfpm
 from exporter.logs.tailer import LogWatcher
-from logs_stack import LogStack, available, wait_for
 
 CLI = [sys.executable, "-c", "import sys; from exporter.logs.cli import main; sys.exit(main(sys.argv[1:]))"]
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from exporter_harness import parse, running_exporter
 from systemd_harness import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
 
 from exporter.config import Config, config_from_dict
 from exporter.demo.stack import wait_until
 from exporter.diagnosis import Verdict, diagnose
 from exporter.rounds import Prober
-from exporter_harness import parse, running_exporter
 
 
 @pytest.fixture(scope="module")
