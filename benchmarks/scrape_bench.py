@@ -65,13 +65,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scrapes", type=int, default=400, help="scrapes of each exporter (alternating)")
     parser.add_argument("--hung-scrapes", type=int, default=12, help="scrapes with PHP-FPM SIGSTOPped")
     args = parser.parse_args()
     node_exporter = shutil.which("prometheus-node-exporter")
     if node_exporter is None:
-        print("prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter)", file=sys.stderr)
+        print(
+            "prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter)",
+            file=sys.stderr,
+        )
         return 2
     root = make_root("badgateway-bench-")
     stack = Stack(root)
@@ -97,9 +102,12 @@ def main() -> int:
         ours_url, node_url = f"http://127.0.0.1:{ours_port}/metrics", f"http://127.0.0.1:{node_port}/metrics"
         wait_http(ours_url, "badgateway-exporter")
         wait_http(node_url, "node_exporter")
-        node_version = subprocess.run(
-            [node_exporter, "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stderr.split("\n", 1)[0] or "node_exporter"
+        node_version = (
+            subprocess.run(
+                [node_exporter, "--version"], capture_output=True, text=True, timeout=10, check=False
+            ).stderr.split("\n", 1)[0]
+            or "node_exporter"
+        )
 
         ours_times: list[float] = []
         node_times: list[float] = []
@@ -126,7 +134,9 @@ def main() -> int:
             try:
                 for _ in range(args.hung_scrapes):
                     hung.append(
-                        timed_scrape(client, ours_url, {"X-Prometheus-Scrape-Timeout-Seconds": str(scrape_timeout)})
+                        timed_scrape(
+                            client, ours_url, {"X-Prometheus-Scrape-Timeout-Seconds": str(scrape_timeout)}
+                        )
                     )
             finally:
                 stack.resume_php_fpm()
@@ -135,11 +145,17 @@ def main() -> int:
         p50_ours, p99_ours = percentile(ours_times, 0.5) * ms, percentile(ours_times, 0.99) * ms
         p50_node, p99_node = percentile(node_times, 0.5) * ms, percentile(node_times, 0.99) * ms
         hung_p99 = percentile(hung, 0.99) * ms
-        print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; {node_version}")
+        print(
+            f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; {node_version}"
+        )
         print(f"scrapes: {args.scrapes} of each, alternating, keep-alive client, healthy demo stack")
         print(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-        print(f"{'badgateway-exporter':28}{p50_ours:10.2f}{p99_ours:10.2f}{statistics.mean(ours_times) * ms:10.2f}")
-        print(f"{'node_exporter (defaults)':28}{p50_node:10.2f}{p99_node:10.2f}{statistics.mean(node_times) * ms:10.2f}")
+        print(
+            f"{'badgateway-exporter':28}{p50_ours:10.2f}{p99_ours:10.2f}{statistics.mean(ours_times) * ms:10.2f}"
+        )
+        print(
+            f"{'node_exporter (defaults)':28}{p50_node:10.2f}{p99_node:10.2f}{statistics.mean(node_times) * ms:10.2f}"
+        )
         ratio = p50_ours / p50_node
         print(f"p50 ratio ours/node_exporter: {ratio:.2f}   target <= 1.00 and p50 <= 10 ms: "
               f"{'OK' if ratio <= 1.0 and p50_ours <= 10 else 'MISSED'}")  # fmt: skip

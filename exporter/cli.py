@@ -10,13 +10,18 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 
 from exporter import __version__
 from exporter.causes import CAUSES
 from exporter.config import Config, ConfigError, load_config
 from exporter.diagnosis import Diagnosis, Finding, Verdict
+from exporter.logs.finding import log_finding
+from exporter.logs.metrics import log_families
+from exporter.logs.tailer import LogWatcher
 from exporter.server import Exporter, make_server
+from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "badgateway-exporter"
 log = logging.getLogger(PROG)
@@ -41,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--web.listen-address", dest="listen_address", metavar="ADDR", help="[host]:port, default :9502"
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, mTLS, basic auth (docs/security.md)",
     )
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"]
@@ -76,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _replace_listen(config, args.listen_address)
         if args.command == "diagnose":
             return run_diagnose(config, args.format, args.timeout)
-        return serve(config)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        return serve(config, web_config)
     except (ConfigError, UsageError) as exc:
         print(f"{PROG}: {exc}" if not str(exc).startswith(PROG) else str(exc), file=sys.stderr)
         return 2
@@ -103,20 +115,21 @@ def _passthrough(argv: list[str]) -> int | None:
 
 
 def _replace_listen(config: Config, address: str) -> Config:
-    from dataclasses import replace
-
     return replace(config, listen_address=address)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, web_config: WebConfig | None = None) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT."""
-    exporter = Exporter(config)
+    watcher = LogWatcher(config.logs)
+    watcher.start()
+    exporter = Exporter(config, [log_families(watcher)])
     try:
-        server = make_server(exporter, config.listen_address)
+        server = make_server(exporter, config.listen_address, web_config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         exporter.close()
+        watcher.stop()
         print(f"{PROG}: cannot listen on {config.listen_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
@@ -130,12 +143,13 @@ def serve(config: Config) -> int:
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
-    log.info("badgateway-exporter %s listening on %s:%s", __version__, host, port)
+    log.info("badgateway-exporter %s listening on %s://%s:%s", __version__, server.scheme, host, port)
     stop.wait()
     log.info("shutting down")
     server.shutdown()
     server.server_close()
     exporter.close()
+    watcher.stop()
     return 0
 
 
@@ -150,11 +164,23 @@ def run_diagnose(config: Config, output_format: str, timeout: float | None) -> i
         _, diagnosis = exporter.check(timeout or config.scrape_timeout_seconds)
     finally:
         exporter.close()
+    diagnosis = with_log_evidence(diagnosis, log_finding(config.logs))
     if output_format == "json":
         print(json.dumps(diagnosis_json(diagnosis), indent=2))
     else:
         print(render_text(diagnosis, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
     return 0 if diagnosis.healthy else 1
+
+
+def with_log_evidence(diagnosis: Diagnosis, logs: Finding) -> Diagnosis:
+    """Insert the log step after the service steps, where the runbook reads the logs."""
+    findings = list(diagnosis.findings)
+    position = next(
+        (i for i, f in enumerate(findings) if not f.step.startswith(("process:", "unit:", "units"))),
+        len(findings),
+    )
+    findings.insert(position, logs)
+    return replace(diagnosis, findings=tuple(findings))
 
 
 def _finding_json(finding: Finding) -> dict[str, object]:

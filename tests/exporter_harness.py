@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -115,7 +116,7 @@ def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     )
 
 
-def diagnose_json(config_path: Path, timeout: float = 60.0) -> tuple[int, dict[str, object]]:
+def diagnose_json(config_path: Path, timeout: float = 60.0) -> tuple[int, dict[str, Any]]:
     """``diagnose --format json``: exit code and the parsed document."""
     done = cli("--config", str(config_path), "diagnose", "--format", "json", timeout=timeout)
     assert done.returncode in (0, 1), done.stderr
@@ -124,7 +125,7 @@ def diagnose_json(config_path: Path, timeout: float = 60.0) -> tuple[int, dict[s
     return done.returncode, document
 
 
-def diagnosed_causes(document: dict[str, object]) -> set[str]:
+def diagnosed_causes(document: dict[str, Any]) -> set[str]:
     causes = document["causes"]
     assert isinstance(causes, list)
     return {c["cause"] for c in causes}

@@ -134,7 +134,7 @@ def test_php_fpm_stopped(stack: Stack) -> None:
         )
     assert errors.value("badgateway_nginx_error_log_lines_total", log=str(stack.nginx_error_log)) >= 1
     _, document = diagnose_json(write_config(stack))
-    logs = next(f for f in document["findings"] if f["step"] == "logs")  # type: ignore[union-attr, index]
+    logs = next(f for f in document["findings"] if f["step"] == "logs")
     assert logs["verdict"] == "warn" and "socket_missing" in logs["evidence"][0]
     scrape, causes, code = scrape_and_diagnose(stack)
     sock = str(stack.socket_path)
@@ -200,7 +200,7 @@ def test_socket_path_mismatch(stack: Stack) -> None:
     scrape, causes, _ = scrape_and_diagnose(stack, php_fpm=[pool])
     assert scrape.causes() == {"socket_path_mismatch"} == causes
     _, document = diagnose_json(write_config(stack, php_fpm=[pool]))
-    fix = next(c["fix"] for c in document["causes"] if c["cause"] == "socket_path_mismatch")  # type: ignore[union-attr, index]
+    fix = next(c["fix"] for c in document["causes"] if c["cause"] == "socket_path_mismatch")
     assert any(str(stack.socket_path) in line for line in fix)
 
 
@@ -259,7 +259,7 @@ def test_nginx_config_broken_on_disk(stack: Stack) -> None:
         stack.restore_nginx_config()
     assert scrape.causes() == {"nginx_config_invalid"} == causes
     assert scrape.value("badgateway_nginx_config_valid") == 0
-    fix = next(c["fix"] for c in document["causes"] if c["cause"] == "nginx_config_invalid")  # type: ignore[union-attr, index]
+    fix = next(c["fix"] for c in document["causes"] if c["cause"] == "nginx_config_invalid")
     assert any(str(stack.nginx_conf) in line for line in fix)
 
 

@@ -36,9 +36,15 @@ def test_example_of_the_runbook_site_loads() -> None:
     [
         ({"php_fpm": [{"sokcet": "/x"}]}, "f.yml: php_fpm[0].sokcet: unknown key"),
         ({"nginx": {"test": "yes"}}, "f.yml: nginx.test: expected true or false, got 'yes'"),
-        ({"http": [{"name": "a", "url": "http://x/", "role": "middle"}]}, "f.yml: http[0].role: expected one of"),
+        (
+            {"http": [{"name": "a", "url": "http://x/", "role": "middle"}]},
+            "f.yml: http[0].role: expected one of",
+        ),
         ({"http": [{"url": "http://x/"}]}, "f.yml: http[0].name: required key missing"),
-        ({"http": [{"name": "a", "url": "ftp://x/"}]}, "f.yml: http[0].url: must start with http:// or https://"),
+        (
+            {"http": [{"name": "a", "url": "ftp://x/"}]},
+            "f.yml: http[0].url: must start with http:// or https://",
+        ),
         ({"scrape_timeout_seconds": 0}, "f.yml: scrape_timeout_seconds: must be positive"),
         ({"processes": {"nginx": "("}}, "f.yml: processes.nginx: invalid regular expression"),
         ([1, 2], "f.yml: <top level>: expected a mapping"),

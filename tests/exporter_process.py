@@ -1,0 +1,122 @@
+"""The real exporter: the CLI as a child process, or the server in-process, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.config import Config, config_from_dict
+from exporter.demo.stack import free_port, wait_until
+from exporter.server import Exporter, Limits, make_server
+from exporter.webconfig import WebConfig
+
+
+@dataclass
+class ExporterProcess:
+    """A running exporter: its process, port and log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return f"<cannot read {self.log}: {exc}>"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def exporter_process(
+    args: Sequence[str],
+    log: Path,
+    *,
+    prefix: Sequence[str] = (),
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 20.0,
+) -> Iterator[ExporterProcess]:
+    """Start ``python -m exporter ARGS --web.listen-address 127.0.0.1:PORT``; SIGTERM and reap it after."""
+    port = free_port()
+    argv = [*prefix, python, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{port}"]
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    running = ExporterProcess(proc, port, log)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or _listening(port),
+            start_timeout,
+            "the exporter to listen",
+            detail=running.log_text,
+        )
+        if proc.poll() is not None:
+            raise AssertionError(f"exporter exited with {proc.returncode}:\n{running.log_text()}")
+        yield running
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def offline_config(folder: Path) -> Config:
+    """A config whose checks all fail fast: nothing in it exists (these tests are about the server)."""
+    return config_from_dict(
+        {
+            "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
+            "http": [],
+            "nginx": {"test": False},
+            "units": {"enabled": False},
+            "filesystems": [str(folder)],
+            "scrape_timeout_seconds": 2.0,
+        },
+        "test",
+    )
+
+
+@contextmanager
+def serving(folder: Path, web_config: WebConfig | None, limits: Limits | None = None) -> Iterator[str]:
+    """The real server on a free loopback port with ``web_config``; yields its https/http base URL."""
+    exporter = Exporter(offline_config(folder))
+    server = make_server(exporter, "127.0.0.1:0", web_config, limits)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{server.scheme}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        exporter.close()
+        assert not thread.is_alive()
