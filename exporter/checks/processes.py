@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.config import ProcessPatterns
@@ -19,6 +18,8 @@ from exporter.deadline import Deadline
 
 SERVICES = ("nginx", "php_fpm", "backend")
 _TITLE_SETTLE_SECONDS = 5.0
+_MATCH_CACHE_LIMIT = 4096
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,29 @@ class ProcessesCheck:
         self._commands: dict[tuple[int, int], tuple[str, float]] = {}
         self._members = _Members(proc_root)
         self._lock = threading.Lock()
+        # command line -> services whose pattern it matches (command lines rarely change)
+        self._matches: dict[str, tuple[str, ...]] = {}
 
     def run(self, deadline: Deadline) -> ProcessesResult:
         with self._lock:
             table = self._scan()
+            mains_of: dict[str, list[int]] = {service: [] for service in self._patterns}
+            matches = self._matches
+            for pid, entry in table.items():
+                hits = matches.get(entry.command)
+                if hits is None:
+                    command = entry.command
+                    hits = tuple(name for name, pattern in self._patterns.items() if pattern.search(command))
+                    if len(matches) >= _MATCH_CACHE_LIMIT:
+                        matches.clear()
+                    matches[command] = hits
+                for service in hits:
+                    mains_of[service].append(pid)
         children: dict[int, list[int]] = {}
         for entry in table.values():
             children.setdefault(entry.ppid, []).append(entry.pid)
         services = []
-        for service, pattern in self._patterns.items():
-            mains = [pid for pid, entry in table.items() if pattern.search(entry.command)]
+        for service, mains in mains_of.items():
             members: set[int] = set()
             stack = list(mains)
             while stack:
@@ -93,6 +107,7 @@ class ProcessesCheck:
         table: dict[int, _ProcEntry] = {}
         seen: set[tuple[int, int]] = set()
         now = time.monotonic()
+        uptime = self._uptime()
         for name in os.listdir(self._proc):
             if not name.isdigit():
                 continue
@@ -101,7 +116,7 @@ class ProcessesCheck:
             except OSError:
                 continue
             # comm may hold spaces and parentheses: fields start after the last ')'.
-            fields = raw[raw.rfind(b")") + 2 :].split()
+            fields = raw[raw.rfind(b")") + 2 :].split(None, 20)  # up to starttime (field 22)
             if len(fields) < 20 or fields[0] == b"Z":
                 continue
             pid = int(name)
@@ -113,11 +128,24 @@ class ProcessesCheck:
             else:
                 # A new process may still rename itself (php-fpm, nginx set their titles after exec).
                 command = self._read_command(pid, raw)
-                self._commands[key] = (command, cached[1] if cached else now)
+                if cached is None:
+                    # Seen for the first time: count its settling time from its start, not from now,
+                    # so that a process which has run for a while is not read again for 5 s.
+                    age = uptime - key[1] / _CLOCK_TICKS if uptime is not None else 0.0
+                    first_seen = now - min(max(age, 0.0), _TITLE_SETTLE_SECONDS + 1.0)
+                else:
+                    first_seen = cached[1]
+                self._commands[key] = (command, first_seen)
             table[pid] = _ProcEntry(pid=pid, ppid=int(fields[1]), command=command)
         for key in self._commands.keys() - seen:
             del self._commands[key]
         return table
+
+    def _uptime(self) -> float | None:
+        try:
+            return float(_read(f"{self._proc}/uptime", 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def _read_command(self, pid: int, stat_raw: bytes) -> str:
         try:
@@ -201,6 +229,8 @@ def metric_families(result: ProcessesResult) -> Iterable[Metric]:
 
 def listening_addresses(pids: Iterable[int]) -> list[str]:
     """Unix socket paths and TCP ``host:port`` the given processes listen on (``ss -xlp``)."""
+    import psutil  # only when a socket is missing: ~1 MB of memory the scrape path never needs
+
     found: list[str] = []
     for pid in pids:
         try:
