@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import FrameType
 
@@ -67,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         "logs", help="classify or analyze nginx / PHP-FPM logs offline (logs --help)", add_help=False
     )
     sub.add_parser("rules", help="render the Prometheus alert rules (rules --help)", add_help=False)
+    sub.add_parser("dashboards", help="render the Grafana dashboards (dashboards --help)", add_help=False)
     sub.add_parser("demo", help="run the bundled demo stack with the exporter (demo --help)", add_help=False)
+    sub.add_parser(
+        "discover", help="print the effective configuration and where each value came from", add_help=False
+    )
     return parser
 
 
@@ -96,22 +100,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+_GLOBAL_OPTIONS_WITH_VALUE = ("--config", "--web.listen-address", "--web.config.file", "--log.level")
+
+
+def _command_position(argv: list[str]) -> int:
+    """Index of the first word that is not a global option or its value, or ``len(argv)``."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("-"):
+            return i
+        i += 2 if word in _GLOBAL_OPTIONS_WITH_VALUE else 1
+    return len(argv)
+
+
 def _passthrough(argv: list[str]) -> int | None:
-    """``logs``, ``rules`` and ``demo`` parse their own arguments."""
-    if not argv or argv[0] not in ("logs", "rules", "demo"):
+    """``discover``, ``logs``, ``rules``, ``dashboards`` and ``demo`` parse their own arguments."""
+    position = _command_position(argv)
+    if position >= len(argv) or argv[position] not in (*_PASSTHROUGH, "discover"):
         return None
-    command, rest = argv[0], argv[1:]
-    if command == "logs":
-        from exporter.logs.cli import main as logs_main
+    command, global_options, rest = argv[position], argv[:position], argv[position + 1 :]
+    if command == "discover":
+        from exporter.discovery.cli import main as discover_main
 
-        return logs_main(rest)
-    if command == "rules":
-        from exporter.rules import main as rules_main
+        return discover_main(global_options + rest)
+    if global_options:
+        print(
+            f"{PROG}: {' '.join(global_options)}: not an option of '{command}' (see {PROG} {command} --help)",
+            file=sys.stderr,
+        )
+        return 2
+    return _PASSTHROUGH[command]()(rest)
 
-        return rules_main(rest)
-    from exporter.demo.cli import main as demo_main
 
-    return demo_main(rest)
+def _logs_main() -> Callable[[list[str]], int]:
+    from exporter.logs.cli import main
+
+    return main
+
+
+def _rules_main() -> Callable[[list[str]], int]:
+    from exporter.rules import main
+
+    return main
+
+
+def _dashboards_main() -> Callable[[list[str]], int]:
+    from exporter.grafana import main
+
+    return main
+
+
+def _demo_main() -> Callable[[list[str]], int]:
+    from exporter.demo.cli import main
+
+    return main
+
+
+_PASSTHROUGH: dict[str, Callable[[], Callable[[list[str]], int]]] = {
+    "logs": _logs_main,
+    "rules": _rules_main,
+    "dashboards": _dashboards_main,
+    "demo": _demo_main,
+}
 
 
 def _replace_listen(config: Config, address: str) -> Config:

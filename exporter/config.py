@@ -15,6 +15,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from exporter.discovery.model import Discovered
+
 
 class ConfigError(Exception):
     """Invalid configuration; the message names the file and the key."""
@@ -97,6 +99,16 @@ class LogSettings:
     poll_interval_seconds: float = 0.25
 
 
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """Where to read nginx's and PHP-FPM's own configuration (see docs/discovery.md)."""
+
+    enabled: bool = True
+    nginx_config: str | None = None  # None: nginx.config when set, else /etc/nginx/nginx.conf
+    php_fpm_configs: list[str] = field(default_factory=lambda: ["/etc/php/*/fpm/php-fpm.conf"])
+    backend_health_path: str = "/health"
+
+
 def _default_http() -> list[HttpTarget]:
     return [
         HttpTarget(name="backend", url="http://127.0.0.1:8000/health", role="backend"),
@@ -120,12 +132,33 @@ class Config:
     filesystems: list[str] = field(default_factory=lambda: ["/run/php", "/var/log/nginx", "/var/www", "/tmp"])
     thresholds: Thresholds = field(default_factory=Thresholds)
     logs: LogSettings = field(default_factory=LogSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    # Not a YAML key: what discovery found and where every effective value came from.
+    discovered: Discovered | None = field(
+        default=None, compare=False, repr=False, metadata={"internal": True}
+    )
 
 
-def load_config(path: str | None) -> Config:
-    """Read ``path`` (or return the defaults when it is None)."""
-    if path is None:
-        return config_from_dict({}, "<defaults>")
+def load_config(path: str | None, flags: dict[str, tuple[str, object]] | None = None) -> Config:
+    """Read ``path`` (or start from the defaults), apply ``flags``, then fill in what discovery finds.
+
+    ``flags`` maps a top-level key to ``(flag name, value)``, e.g.
+    ``{"listen_address": ("--web.listen-address", ":9502")}``. Explicit values always win.
+    """
+    data, lines = read_yaml(path) if path is not None else ({}, {})
+    source = path or "<defaults>"
+    flag_names: dict[str, str] = {}
+    for key, (name, value) in (flags or {}).items():
+        data[key] = value
+        flag_names[key] = name
+    explicit = config_from_dict(data, source)
+    from exporter.discovery.merge import discover_and_merge
+
+    return discover_and_merge(explicit, data, source, lines, flag_names)
+
+
+def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The YAML mapping in ``path`` and the line of every key path in it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -141,7 +174,32 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"{path}:{where}: {problem}") from None
     if data is None:
         data = {}
-    return config_from_dict(data, source=path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: <top level>: expected a mapping, got {data!r}")
+    return data, _key_lines(text)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = f"{path}.{key.value}" if path else str(key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[f"{path}[{index}]"] = item.start_mark.line + 1
+                walk(item, f"{path}[{index}]")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
 
 
 def config_from_dict(data: object, source: str = "<config>") -> Config:
@@ -222,7 +280,7 @@ def _build(tp: Any, value: object, source: str, key: str) -> object:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         hints = typing.get_type_hints(tp)
-        known = {f.name for f in dataclasses.fields(tp)}
+        known = {f.name for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
         kwargs: dict[str, object] = {}
         for name, item in value.items():
             sub = f"{key}.{name}" if key else str(name)

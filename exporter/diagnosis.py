@@ -14,6 +14,13 @@ from exporter.checks.resources import FilesystemUsage
 from exporter.checks.sockets import SocketResult
 from exporter.checks.units import ENABLED_FILE_STATES, UnitsResult, default_php_fpm_unit
 from exporter.config import Config, Thresholds
+from exporter.discovery.analysis import (
+    predict_access,
+    proxy_passes_for,
+    socket_alternatives,
+    timeout_hint,
+)
+from exporter.discovery.model import Discovered, PoolFacts
 from exporter.rounds import CollectorOutcome, RoundResults
 
 
@@ -174,8 +181,11 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     if procs is not None and any(not s.exists for s in results.sockets):
         php_procs = procs.of("php_fpm")
         php_listeners = listening_addresses(php_procs.main_pids if php_procs else ())
+    findings.extend(_discovery_findings(results, config, php_unit))
+    alternatives = socket_alternatives(config.discovered, results.sockets)
     for sock in results.sockets:
-        findings.append(_socket_finding(sock, php_running, php_listeners, php_unit, config))
+        extra = [a for a in alternatives.get(sock.path, {}) if a not in php_listeners]
+        findings.append(_socket_finding(sock, php_running, [*php_listeners, *extra], php_unit, config))
     for fastcgi_probe in results.fastcgi:
         findings.append(_fastcgi_finding(fastcgi_probe, php_running, php_unit, results.sockets))
     if config.php_fpm and not results.fastcgi:
@@ -313,17 +323,27 @@ def _socket_finding(
     if not sock.exists:
         evidence = [f"ls -la {sock.path}: {sock.connect_error or 'No such file or directory'}"]
         alternatives = [a for a in php_listeners if a != sock.path] if php_running else []
+        discovered = config.discovered
+        declaring = discovered.pool_for(sock.path) if discovered is not None else None
+        if php_running and declaring is not None:
+            # A pool file declares this very socket: that pool's PHP-FPM is down, the path is right.
+            unit = f"php{declaring.version}-fpm" if declaring.version else php_unit
+            listen = declaring.settings["listen"].origin
+            return Finding(
+                step, title, Verdict.FAIL,
+                (*evidence, f"pool [{declaring.name}] declares it ({listen.file}:{listen.line}) but its PHP-FPM"
+                 f" ({declaring.config_file}) is not listening; another PHP-FPM runs"),
+                Cause.PHP_FPM_DOWN,
+                (f"sudo systemctl start {unit}", f"sudo systemctl enable {unit}",
+                 f"sudo journalctl -u {unit} -n 50 --no-pager"),
+            )  # fmt: skip
         if php_running:
             evidence.append(
                 f"PHP-FPM is running and listens on: {', '.join(alternatives) or 'nothing visible'}"
             )
             target = alternatives[0] if alternatives else None
             mismatch_fix = (
-                (
-                    f"nginx expects {sock.path} but PHP-FPM listens on {target}",
-                    f"either set `fastcgi_pass unix:{target};` where nginx has it: sudo grep -rn fastcgi_pass /etc/nginx/",
-                    f"or set `listen = {sock.path}` in the pool: sudo grep -rn '^listen' /etc/php/*/fpm/pool.d/",
-                )
+                _mismatch_fix(sock.path, target, discovered)
                 if target
                 else (
                     "find where PHP-FPM listens: sudo grep -rn '^listen' /etc/php/*/fpm/pool.d/; sudo ss -xlp | grep php",
@@ -377,6 +397,151 @@ def _socket_finding(
         return Finding(step, title, Verdict.WARN, tuple(evidence))
     evidence.append(f"{sock.user} may connect; connect() succeeds")
     return Finding(step, title, Verdict.OK, tuple(evidence))
+
+
+def _mismatch_fix(path: str, target: str, discovered: Discovered | None) -> tuple[str, ...]:
+    """The exact lines to change when discovery knows them, else where to look."""
+    passes = discovered.fastcgi_passes(path) if discovered is not None else ()
+    pool = discovered.pool_for(target) if discovered is not None else None
+    fixes = [f"nginx expects {path} but PHP-FPM listens on {target}"]
+    if passes:
+        for item in passes:
+            fixes.append(
+                f"in {item.origin.file} line {item.origin.line}: change `fastcgi_pass {item.raw};`"
+                f" to `fastcgi_pass unix:{target};`"
+            )
+    else:
+        fixes.append(
+            f"either set `fastcgi_pass unix:{target};` where nginx has it: sudo grep -rn fastcgi_pass /etc/nginx/"
+        )
+    if pool is not None and "listen" in pool.settings:
+        listen = pool.settings["listen"].origin
+        fixes.append(f"or in {listen.file} line {listen.line}: `listen = {path}` (pool [{pool.name}])")
+    else:
+        fixes.append(f"or set `listen = {path}` in the pool: sudo grep -rn '^listen' /etc/php/*/fpm/pool.d/")
+    return tuple(fixes)
+
+
+def _discovery_findings(results: RoundResults, config: Config, php_unit: str) -> list[Finding]:
+    """What the nginx and PHP-FPM files themselves say: parse errors, socket access, ping/status, timeouts."""
+    discovered = config.discovered
+    if discovered is None:
+        return []
+    findings: list[Finding] = []
+    problems = [
+        p for p in discovered.problems if not (discovered.nginx and p == discovered.nginx.syntax_error)
+    ]
+    if problems:
+        findings.append(
+            Finding(
+                "discovery", "nginx and PHP-FPM configuration files can be read", Verdict.WARN,
+                tuple(str(p) for p in problems),
+                fix=("the exporter keeps running with the defaults and what it could read;"
+                     " set the values in its configuration file or fix the files named",),
+            )
+        )  # fmt: skip
+    probed = {pool.socket.removeprefix("unix:") for pool in config.php_fpm}
+    sockets = {s.path: s for s in results.sockets}
+    for address in sorted(probed):
+        pool = discovered.pool_for(address)
+        if pool is None or pool.listen != address:
+            continue
+        unit = f"php{pool.version}-fpm" if pool.version else php_unit
+        findings.extend(_pool_findings(pool, config, sockets.get(address), unit))
+    findings.extend(_timeout_findings(results, config, discovered))
+    return findings
+
+
+def _pool_findings(pool: PoolFacts, config: Config, sock: SocketResult | None, unit: str) -> list[Finding]:
+    findings: list[Finding] = []
+    predicted = predict_access(pool, config.nginx_user)
+    if predicted is not None and not predicted.allowed:
+        step = f"pool_access:{pool.file}:{pool.name}"
+        title = f"Pool [{pool.name}] lets nginx's user {config.nginx_user} use its socket"
+        evidence = [
+            f"{pool.file}: {predicted.describe()}",
+            f"{config.nginx_user} would need write permission on {pool.listen}"
+            + (" (listen.acl_users / listen.acl_groups)" if predicted.acl else ""),
+        ]
+        lines = []
+        for key, value in (("listen.owner", config.nginx_user), ("listen.group", config.nginx_user),
+                           ("listen.mode", "0660")):  # fmt: skip
+            origin = predicted.origins[key]
+            where = (
+                f"line {origin.line}" if origin.kind != "default" and origin.line else f"under [{pool.name}]"
+            )
+            lines.append(f"{where}: {key} = {value}")
+        fix = (f"in {pool.file}, " + "; ".join(lines), f"sudo systemctl restart {unit}")
+        if sock is not None and sock.exists and sock.accessible:
+            evidence.append(
+                f"the socket now is {sock.mode} {sock.owner}:{sock.group} and usable: the file changed since"
+                " PHP-FPM started; nginx is locked out after the next restart"
+            )
+            findings.append(Finding(step, title, Verdict.WARN, tuple(evidence), fix=fix))
+        else:
+            findings.append(
+                Finding(step, title, Verdict.FAIL, tuple(evidence), Cause.SOCKET_PERMISSION_DENIED, fix)
+            )
+    missing = [key for key in ("ping.path", "pm.status_path") if pool.get(key) is None]
+    if missing:
+        add = {"ping.path": "ping.path = /ping", "pm.status_path": "pm.status_path = /status"}
+        findings.append(
+            Finding(
+                f"pool_probe:{pool.file}:{pool.name}",
+                f"Pool [{pool.name}] answers the exporter's ping and status requests",
+                Verdict.WARN,
+                (f"{pool.file}: pool [{pool.name}] (line {pool.line}) sets no {' and no '.join(missing)}",
+                 "the exporter falls back to a connect-only probe: a hung pool looks healthy"
+                 if "ping.path" in missing else "no pool figures (workers, listen queue)"),
+                fix=(f"add under [{pool.name}] in {pool.file}: " + "; ".join(add[k] for k in missing),
+                     f"sudo systemctl reload {unit}"),
+            )
+        )  # fmt: skip
+    return findings
+
+
+def _timeout_findings(results: RoundResults, config: Config, discovered: Discovered) -> list[Finding]:
+    findings: list[Finding] = []
+    hints = []
+    for probe in results.http:
+        if probe.role != "backend":
+            continue
+        key = f"http:{probe.target}"
+        passes = proxy_passes_for(discovered, probe.url)
+        hints.append(
+            timeout_hint(passes, "proxy_read_timeout", key, results.slowest(key) or probe.duration_seconds)
+        )
+    for fcgi in results.fastcgi:
+        key = f"fastcgi:{fcgi.socket}"
+        passes = discovered.fastcgi_passes(fcgi.socket)
+        hints.append(
+            timeout_hint(passes, "fastcgi_read_timeout", key, results.slowest(key) or fcgi.duration_seconds)
+        )
+    for hint in hints:
+        if hint is None:
+            continue
+        evidence = [f"the slowest probe of {hint.probe.split(':', 1)[1]} took {hint.slowest_seconds:.2f} s"]
+        fixes = []
+        for item, timeout in hint.passes:
+            where = (
+                f"{timeout.origin.file}:{timeout.origin.line}" if timeout.origin.file else str(timeout.origin)
+            )
+            evidence.append(f"{item.directive} {item.raw} ({item.origin.file}:{item.origin.line}): {timeout.name}"
+                            f" {timeout.seconds:g}s ({where})")  # fmt: skip
+            target = item.origin if timeout.origin.file is None else timeout.origin
+            fixes.append(f"in {target.file} near line {target.line}: {timeout.name} {max(int(hint.slowest_seconds * 2) + 1, 5)}s;"
+                         " (or make the upstream faster)")  # fmt: skip
+        findings.append(
+            Finding(
+                f"nginx_timeout:{hint.probe}",
+                f"nginx waits long enough for {hint.probe.split(':', 1)[1]}",
+                Verdict.WARN,
+                (*evidence, "nginx answers 504 when the upstream is this slow"),
+                Cause.UPSTREAM_TIMEOUT,
+                (*fixes, "then: sudo nginx -t && sudo systemctl reload nginx"),
+            )
+        )
+    return findings
 
 
 def _php_version(php_unit: str) -> str:

@@ -11,12 +11,14 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.causes import Cause
 from exporter.checks import fastcgi, http, nginx_config, processes, resources, sockets, units
+from exporter.config import Config
 from exporter.diagnosis import Diagnosis
+from exporter.discovery import metrics as discovery_metrics
 from exporter.rounds import RoundResults
 
 
-def round_metric_families(results: RoundResults, diagnosis: Diagnosis) -> Iterator[Metric]:
-    """Every ``badgateway_*`` family that one round of checks produces."""
+def round_metric_families(results: RoundResults, diagnosis: Diagnosis, config: Config) -> Iterator[Metric]:
+    """Every ``badgateway_*`` family that one round of checks (and discovery) produces."""
     yield from sockets.metric_families(results.sockets)
     yield from fastcgi.metric_families(results.fastcgi)
     yield from http.metric_families(results.http)
@@ -28,6 +30,7 @@ def round_metric_families(results: RoundResults, diagnosis: Diagnosis) -> Iterat
         yield from nginx_config.metric_families(results.nginx_config)
     if results.units is not None:
         yield from units.metric_families(results.units)
+    yield from discovery_metrics.metric_families(results, config)
     cause = GaugeMetricFamily(
         "badgateway_cause",
         "1 for each cause of 502/504 the diagnosis currently finds, 0 for the others.",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -19,8 +22,12 @@ from exporter.checks.sockets import SocketResult, SocketsCheck
 from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config
 from exporter.deadline import Deadline
+from exporter.discovery.model import ConfigProblem, NginxFacts
+from exporter.discovery.nginx import discover_nginx
 
 log = logging.getLogger(__name__)
+
+SLOWEST_WINDOW_SECONDS = 600.0  # how long a slow probe is remembered for the nginx timeout hint
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,12 @@ class RoundResults:
     nginx_config: NginxConfigResult | None = None
     units: UnitsResult | None = None
     collectors: tuple[CollectorOutcome, ...] = field(default=())
+    # Slowest duration of each probe ("http:<target>", "fastcgi:<socket>") over the last rounds.
+    slowest_probe_seconds: tuple[tuple[str, float], ...] = ()
+
+    def slowest(self, key: str) -> float | None:
+        """The slowest observed duration of probe ``key``, if any."""
+        return next((seconds for name, seconds in self.slowest_probe_seconds if name == key), None)
 
 
 @dataclass
@@ -75,11 +88,58 @@ class Prober:
             self._units_check = UnitsCheck(names, config.units.bus_address)
             self._tasks.append(_Task(UnitsCheck.collector, self._units_check.run))
         if config.nginx.test:
-            self._tasks.append(_Task(NginxConfigCheck.collector, NginxConfigCheck(config.nginx).run))
+            self._nginx_check = NginxConfigCheck(config.nginx)
+            self._tasks.append(_Task(NginxConfigCheck.collector, self._nginx_test))
+        self._syntax_cache: tuple[tuple[tuple[str, float], ...], ConfigProblem | None] | None = None
+        self._history: deque[tuple[float, str, float]] = deque(maxlen=10000)
         # One thread per task is enough: a task still running from an earlier round is not started again.
         self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
         self._lock = threading.Lock()
         self._inflight: Future[RoundResults] | None = None
+
+    def _nginx_test(self, deadline: Deadline) -> NginxConfigResult:
+        """``nginx -t``; when it gives no verdict (not root, no binary), what parsing the files says."""
+        result = self._nginx_check.run(deadline)
+        discovered = self.config.discovered
+        if result.valid is not None or discovered is None or discovered.nginx is None:
+            return result
+        problem = self._syntax_problem(discovered.nginx)
+        if problem is None:
+            return result
+        return dataclasses.replace(
+            result,
+            valid=False,
+            message=f"{problem.message} in {problem.file}:{problem.line} (parsed by the exporter;"
+            f" nginx -t could not run: {result.message})",
+            file=problem.file,
+            line=problem.line,
+        )
+
+    def _syntax_problem(self, facts: NginxFacts) -> ConfigProblem | None:
+        """A syntax error in the nginx files, parsed again only when one of them changed."""
+        stamps = tuple((path, _mtime(path)) for path in (facts.main_file, *facts.files))
+        if self._syntax_cache is not None and self._syntax_cache[0] == stamps:
+            return self._syntax_cache[1]
+        fresh = discover_nginx(facts.main_file, self.config.nginx.prefix)
+        stamps = tuple((path, _mtime(path)) for path in (fresh.main_file, *fresh.files))
+        self._syntax_cache = (stamps, fresh.syntax_error)
+        return fresh.syntax_error
+
+    def _slowest(
+        self, http_results: tuple[HttpResult, ...], fastcgi_results: tuple[FastCGIResult, ...]
+    ) -> tuple[tuple[str, float], ...]:
+        now = time.monotonic()
+        with self._lock:
+            for result in http_results:
+                self._history.append((now, f"http:{result.target}", result.duration_seconds))
+            for probe in fastcgi_results:
+                self._history.append((now, f"fastcgi:{probe.socket}", probe.duration_seconds))
+            while self._history and now - self._history[0][0] > SLOWEST_WINDOW_SECONDS:
+                self._history.popleft()
+            slowest: dict[str, float] = {}
+            for _, key, seconds in self._history:
+                slowest[key] = max(seconds, slowest.get(key, 0.0))
+        return tuple(sorted(slowest.items()))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -146,16 +206,19 @@ class Prober:
                     task.collector, False, time.monotonic() - started, "did not finish before the deadline"
                 )
             )
+        http_results = tuple(values.get(HttpCheck.collector, ()))
+        fastcgi_results = tuple(values.get(FastCGICheck.collector, ()))
         return RoundResults(
             timeout_seconds=timeout_seconds,
             sockets=_first(values, SocketsCheck.collector) or (),
-            fastcgi=tuple(values.get(FastCGICheck.collector, ())),
-            http=tuple(values.get(HttpCheck.collector, ())),
+            fastcgi=fastcgi_results,
+            http=http_results,
             processes=_first(values, ProcessesCheck.collector),
             resources=_first(values, ResourcesCheck.collector),
             nginx_config=_first(values, NginxConfigCheck.collector),
             units=_first(values, UnitsCheck.collector),
             collectors=_merge_outcomes(outcomes),
+            slowest_probe_seconds=self._slowest(http_results, fastcgi_results),
         )
 
     @staticmethod
@@ -187,6 +250,13 @@ def _merge_outcomes(outcomes: list[CollectorOutcome]) -> tuple[CollectorOutcome,
 def _first(values: dict[str, list[Any]], collector: str) -> Any:
     found = values.get(collector)
     return found[0] if found else None
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
 
 
 def _is_unix(address: str) -> bool:

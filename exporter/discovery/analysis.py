@@ -1,0 +1,207 @@
+"""Conclusions drawn from discovered configuration: socket access, alternatives, timeouts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from exporter.checks.sockets import SocketResult, UserIdentity
+from exporter.discovery.model import Discovered, Origin, Pass, PoolFacts, Timeout, listen_address
+
+_CONNECT_TIMEOUT = 0.2
+
+
+@dataclass(frozen=True)
+class PredictedAccess:
+    """Owner, group and mode the pool gives its socket, and whether ``user`` may connect."""
+
+    pool: PoolFacts
+    user: str
+    owner: str
+    group: str
+    mode: int
+    acl: bool
+    allowed: bool
+    origins: dict[str, Origin]
+
+    def describe(self) -> str:
+        """``www.conf:53 listen.owner = nobody, ...`` — the settings that decide."""
+        parts = []
+        for key, value in (
+            ("listen.owner", self.owner),
+            ("listen.group", self.group),
+            ("listen.mode", f"{self.mode:04o}"),
+        ):
+            origin = self.origins[key]
+            where = f"line {origin.line}" if origin.line and origin.kind != "default" else "default"
+            parts.append(f"{key} = {value} ({where})")
+        return ", ".join(parts)
+
+
+def _gid(name: str) -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+def _uid(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+def _primary_group(user: str) -> str:
+    import grp
+    import pwd
+
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return user
+
+
+def predict_access(pool: PoolFacts, user: str) -> PredictedAccess | None:
+    """What the pool's ``listen.owner/group/mode`` (or ACLs) mean for ``user``; None for TCP or unknown users."""
+    listen = pool.listen
+    who = UserIdentity.lookup(user)
+    if listen is None or not listen.startswith("/") or who is None:
+        return None
+    default = Origin("default", pool.file, None, "php-fpm default")
+    owner_setting = pool.settings.get("listen.owner")
+    group_setting = pool.settings.get("listen.group")
+    mode_setting = pool.settings.get("listen.mode")
+    owner = owner_setting.value if owner_setting else "root"  # the master's user
+    group = group_setting.value if group_setting else _primary_group(owner)
+    try:
+        mode = int(mode_setting.value, 8) if mode_setting else 0o660
+    except ValueError:
+        return None
+    origins = {
+        "listen.owner": owner_setting.origin if owner_setting else default,
+        "listen.group": group_setting.origin if group_setting else default,
+        "listen.mode": mode_setting.origin if mode_setting else default,
+    }
+    acl_users = pool.get("listen.acl_users")
+    acl_groups = pool.get("listen.acl_groups")
+    if acl_users or acl_groups:
+        # listen.acl_* replace owner/group: rw for the listed users and groups.
+        users = {u.strip() for u in (acl_users or "").split(",") if u.strip()}
+        groups = {_gid(g.strip()) for g in (acl_groups or "").split(",") if g.strip()}
+        allowed = who.uid == 0 or user in users or bool(groups & set(who.gids))
+        return PredictedAccess(pool, user, owner, group, mode, True, allowed, origins)
+    uid, gid = _uid(owner), _gid(group)
+    if who.uid == 0:
+        allowed = True
+    elif uid is not None and uid == who.uid:
+        allowed = bool(mode & stat.S_IWUSR)
+    elif gid is not None and gid in who.gids:
+        allowed = bool(mode & stat.S_IWGRP)
+    else:
+        allowed = bool(mode & stat.S_IWOTH)
+    return PredictedAccess(pool, user, owner, group, mode, False, allowed, origins)
+
+
+def _live(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(_CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def live_pool_sockets(
+    discovered: Discovered | None, sockets: tuple[SocketResult, ...]
+) -> dict[str, PoolFacts]:
+    """Unix sockets that discovered pools declare and that accept connections now (no scan of /run)."""
+    if discovered is None or discovered.php_fpm is None:
+        return {}
+    probed = {s.path: s.connectable for s in sockets}
+    live: dict[str, PoolFacts] = {}
+    for pool in discovered.php_fpm.pools:
+        path = pool.listen
+        if path is None or not path.startswith("/") or path in live:
+            continue
+        if probed.get(path, False) or (path not in probed and _live(path)):
+            live[path] = pool
+    return live
+
+
+def socket_alternatives(
+    discovered: Discovered | None, sockets: tuple[SocketResult, ...]
+) -> dict[str, dict[str, PoolFacts]]:
+    """For each missing socket no pool declares: the live sockets discovered pools listen on instead."""
+    if discovered is None:
+        return {}
+    missing = [s.path for s in sockets if not s.exists]
+    if not missing:
+        return {}
+    live = live_pool_sockets(discovered, sockets)
+    out: dict[str, dict[str, PoolFacts]] = {}
+    for path in missing:
+        if discovered.pool_for(path) is not None:
+            continue  # a pool declares it: that pool is down, not a wrong path
+        alternatives = {alt: pool for alt, pool in live.items() if alt != path}
+        if alternatives:
+            out[path] = alternatives
+    return out
+
+
+@dataclass(frozen=True)
+class TimeoutHint:
+    """An nginx read timeout shorter than what a probe of the same upstream took."""
+
+    probe: str
+    slowest_seconds: float
+    passes: tuple[tuple[Pass, Timeout], ...]
+
+
+def _address_of_url(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if parts.hostname is None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return listen_address(f"{host}:{port}")
+
+
+def proxy_passes_for(discovered: Discovered | None, url: str) -> tuple[Pass, ...]:
+    """nginx ``proxy_pass`` directives that send requests where ``url`` points."""
+    address = _address_of_url(url)
+    if discovered is None or discovered.nginx is None or address is None:
+        return ()
+    loopback = {address, address.replace("localhost:", "127.0.0.1:")}
+    return tuple(
+        p for p in discovered.nginx.passes
+        if p.directive == "proxy_pass" and any(t.address.replace("localhost:", "127.0.0.1:") in loopback for t in p.targets)
+    )  # fmt: skip
+
+
+def timeout_hint(
+    passes: tuple[Pass, ...], timeout_name: str, probe: str, slowest: float | None
+) -> TimeoutHint | None:
+    """A hint when ``slowest`` is above the ``timeout_name`` of any of ``passes``."""
+    if slowest is None:
+        return None
+    short = tuple(
+        (p, t) for p in passes for t in (p.timeout(timeout_name),) if t is not None and t.seconds < slowest
+    )
+    return TimeoutHint(probe, slowest, short) if short else None

@@ -1,0 +1,309 @@
+"""Turn discovered facts into configuration values, merged under the explicit configuration.
+
+Explicit values (the YAML file, then flags) always win; discovery fills in what they leave out;
+the built-in defaults come last. Every effective value keeps its origin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from exporter.config import Config, ConfigError, config_from_dict
+from exporter.discovery.model import ConfigProblem, Discovered, NginxFacts, Origin, PhpFpmFacts
+from exporter.discovery.nginx import discover_nginx
+from exporter.discovery.phpfpm import discover_php_fpm
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NGINX_CONFIG = "/etc/nginx/nginx.conf"
+
+
+def discover_and_merge(
+    explicit: Config,
+    data: dict[str, Any],
+    source: str,
+    lines: dict[str, int] | None = None,
+    flags: dict[str, str] | None = None,
+) -> Config:
+    """``explicit`` (built from ``data``) completed by discovery, with the origin of every value.
+
+    ``lines`` maps key paths of ``data`` (``php_fpm[0].socket``) to their line in ``source``;
+    ``flags`` maps key paths set by command-line flags to the flag's name.
+    """
+    lines = lines or {}
+    flags = flags or {}
+    nginx_facts: NginxFacts | None = None
+    php_facts: PhpFpmFacts | None = None
+    derived: dict[str, Any] = {}
+    derived_origins: dict[str, Origin] = {}
+    settings = explicit.discovery
+    if settings.enabled:
+        nginx_file = settings.nginx_config or explicit.nginx.config or DEFAULT_NGINX_CONFIG
+        nginx_facts = discover_nginx(nginx_file, explicit.nginx.prefix)
+        php_facts = discover_php_fpm(settings.php_fpm_configs)
+        derived, derived_origins = derive(nginx_facts, php_facts, settings.backend_health_path)
+    problems = tuple(
+        (nginx_facts.problems if nginx_facts else ()) + (php_facts.problems if php_facts else ())
+    )
+    for problem in problems:
+        log.warning("discovery: %s", problem)
+    merged = _merge(derived, data)
+    try:
+        config = config_from_dict(merged, source) if derived else explicit
+    except ConfigError as exc:
+        # A discovered value the validator rejects must never make things worse.
+        log.warning("discovery: ignoring discovered values: %s", exc)
+        problems += (ConfigProblem("discovery", source, None, f"discovered values rejected: {exc}"),)
+        config, derived = explicit, {}
+    origins = _origins(config, data, source, lines, flags, derived, derived_origins)
+    discovered = Discovered(nginx=nginx_facts, php_fpm=php_facts, origins=origins, problems=problems)
+    return dataclasses.replace(config, discovered=discovered)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings key by key, everything else (lists too) replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def derive(
+    nginx: NginxFacts | None, php: PhpFpmFacts | None, health_path: str = "/health"
+) -> tuple[dict[str, Any], dict[str, Origin]]:
+    """Configuration values (YAML-shaped) and their origins from what the files say."""
+    values: dict[str, Any] = {}
+    origins: dict[str, Origin] = {}
+    nginx_ok = nginx is not None and bool(nginx.files)
+    if nginx is not None and nginx_ok:
+        values["nginx"] = {"config": nginx.main_file}
+        origins["nginx.config"] = Origin("derived", note="the main file discovery read")
+        if nginx.user is not None and nginx.user_origin is not None:
+            values["nginx_user"] = nginx.user
+            origins["nginx_user"] = nginx.user_origin
+        elif nginx.syntax_error is None:
+            values["nginx_user"] = "nobody"
+            origins["nginx_user"] = Origin(
+                "default", note=f"nginx default: no user directive in {nginx.main_file}"
+            )
+        if nginx.error_logs:
+            values.setdefault("logs", {})["nginx"] = [path for path, _ in nginx.error_logs]
+            for index, (_, origin) in enumerate(nginx.error_logs):
+                origins[f"logs.nginx[{index}]"] = origin
+    pools, pool_origins = _pools(nginx, php)
+    if pools or (nginx_ok and nginx is not None and nginx.syntax_error is None):
+        values["php_fpm"] = pools
+        origins.update(pool_origins)
+        if not pools:
+            origins["php_fpm"] = Origin("derived", note="no PHP-FPM pool and no fastcgi_pass found")
+    if php is not None:
+        logs = [path for path, _ in php.error_logs]
+        if logs:
+            values.setdefault("logs", {})["php_fpm"] = logs
+            for index, (_, origin) in enumerate(php.error_logs):
+                origins[f"logs.php_fpm[{index}]"] = origin
+        versions = sorted({p.version for p in php.pools if p.version})
+        if len(versions) == 1:
+            values["units"] = {"php_fpm": f"php{versions[0]}-fpm.service"}
+            origins["units.php_fpm"] = Origin(
+                "php_fpm", php.pools[0].config_file, None, "PHP version of the pools"
+            )
+    if nginx is not None and nginx_ok and nginx.syntax_error is None:
+        targets, target_origins = _http_targets(nginx, health_path)
+        if targets:
+            values["http"] = targets
+            origins.update(target_origins)
+    return values, origins
+
+
+def _pools(
+    nginx: NginxFacts | None, php: PhpFpmFacts | None
+) -> tuple[list[dict[str, Any]], dict[str, Origin]]:
+    pools: list[dict[str, Any]] = []
+    origins: dict[str, Origin] = {}
+    seen: set[str] = set()
+
+    def add(entry: dict[str, Any], entry_origins: dict[str, Origin]) -> None:
+        if entry["socket"] in seen:
+            return
+        seen.add(entry["socket"])
+        index = len(pools)
+        pools.append(entry)
+        origins.update({f"php_fpm[{index}].{key}": value for key, value in entry_origins.items()})
+
+    for pool in php.pools if php is not None else ():
+        listen = pool.listen
+        listen_setting = pool.settings.get("listen")
+        if listen is None or listen_setting is None:
+            continue
+        ping = pool.settings.get("ping.path")
+        response = pool.settings.get("ping.response")
+        status = pool.settings.get("pm.status_path")
+        status_listen = pool.status_listen
+        missing = Origin("derived", pool.file, pool.line, f"not set in pool [{pool.name}]")
+        entry: dict[str, Any] = {
+            "socket": listen,
+            "ping_path": ping.value if ping else None,
+            "status_path": status.value if status and not status_listen else None,
+        }
+        entry_origins = {
+            "socket": listen_setting.origin,
+            "ping_path": ping.origin if ping else missing,
+            "status_path": (status.origin if status else missing)
+            if not status_listen
+            else Origin("derived", note="served by pm.status_listen"),
+        }
+        if response is not None:
+            entry["ping_response"] = response.value
+            entry_origins["ping_response"] = response.origin
+        add(entry, entry_origins)
+        status_setting = pool.settings.get("pm.status_listen")
+        if status_listen and status is not None and status_setting is not None:
+            # Its own listener still answers when every worker of the pool is busy.
+            add(
+                {"socket": status_listen, "ping_path": None, "status_path": status.value},
+                {"socket": status_setting.origin, "ping_path": Origin("derived", note="status listener: status only"),
+                 "status_path": status.origin},
+            )  # fmt: skip
+    if nginx is not None:
+        for item in nginx.passes:
+            if item.directive != "fastcgi_pass":
+                continue
+            for target in item.targets:
+                add(
+                    {"socket": target.address, "ping_path": "/ping", "status_path": "/status"},
+                    {"socket": target.origin,
+                     "ping_path": Origin("default", note="no pool file declares this socket"),
+                     "status_path": Origin("default", note="no pool file declares this socket")},
+                )  # fmt: skip
+    return pools, origins
+
+
+def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, Any]], dict[str, Origin]]:
+    targets: list[dict[str, Any]] = []
+    origins: dict[str, Origin] = {}
+    backends: list[tuple[str, str, Origin]] = []
+    for item in nginx.passes:
+        if item.directive != "proxy_pass" or item.scheme not in ("http", "https"):
+            continue
+        for target in item.targets:
+            if target.address.startswith("/"):
+                continue  # a unix-socket backend: not probed over HTTP
+            if all(address != target.address for _, address, _ in backends):
+                backends.append((item.scheme, target.address, target.origin))
+    listens = [entry for entry in nginx.listens if entry.port is not None]
+    users = {name for p in nginx.passes for name in p.server_names}
+    preferred = sorted(
+        listens,
+        key=lambda entry: (entry.ssl, not (set(entry.server_names) & users), not entry.default_server),
+    )
+    if preferred:
+        front = preferred[0]
+        host = front.host or "127.0.0.1"
+        if host == "[::]":
+            host = "[::1]"
+        scheme = "https" if front.ssl else "http"
+        default_port = 443 if front.ssl else 80
+        port = "" if front.port == default_port else f":{front.port}"
+        targets.append({"name": "front", "url": f"{scheme}://{host}{port}/", "role": "front",
+                        "verify_tls": not front.ssl})  # fmt: skip
+        origins["http[0].url"] = front.origin
+    for scheme, address, origin in backends:
+        name = "backend" if len(backends) == 1 else f"backend:{address}"
+        index = len(targets)
+        targets.append({"name": name, "url": f"{scheme}://{address}{health_path}", "role": "backend",
+                        "verify_tls": scheme == "http"})  # fmt: skip
+        origins[f"http[{index}].url"] = Origin(
+            origin.kind, origin.file, origin.line, f"+ discovery.backend_health_path {health_path}"
+        )
+    return targets, origins
+
+
+def _leaves(value: object, path: str = "") -> list[tuple[str, object]]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: list[tuple[str, object]] = []
+        for item in dataclasses.fields(value):
+            if item.metadata.get("internal"):
+                continue
+            out += _leaves(getattr(value, item.name), f"{path}.{item.name}" if path else item.name)
+        return out
+    if isinstance(value, list):
+        if not value:
+            return [(path, value)]
+        out = []
+        for index, item in enumerate(value):
+            out += _leaves(item, f"{path}[{index}]")
+        return out
+    return [(path, value)]
+
+
+def _explicit_origin(path: str, data: dict[str, Any], source: str, lines: dict[str, int]) -> Origin | None:
+    """The config-file origin of ``path`` when the file set it (or the list/section holding it)."""
+    node: Any = data
+    covered = ""
+    for part in _split(path):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                break
+            node = node[part]
+            covered = f"{covered}[{part}]"
+        else:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+            covered = f"{covered}.{part}" if covered else part
+    else:
+        return _file_origin(source, lines.get(path) or lines.get(covered))
+    # The file set the whole list this value is in: the list is the file's, defaults fill the rest.
+    top = _split(path)[0]
+    if isinstance(top, str) and isinstance(data.get(top), list):
+        return _file_origin(source, lines.get(covered), "default within an explicit list")
+    return None
+
+
+def _file_origin(source: str, line: int | None, note: str | None = None) -> Origin:
+    if os.path.exists(source):
+        return Origin("config", source, line, note)
+    return Origin("config", None, None, f"{source}{': ' + note if note else ''}")
+
+
+def _split(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for chunk in path.replace("]", "").split("."):
+        name, *indexes = chunk.split("[")
+        if name:
+            parts.append(name)
+        parts += [int(i) for i in indexes]
+    return parts
+
+
+def _origins(
+    config: Config,
+    data: dict[str, Any],
+    source: str,
+    lines: dict[str, int],
+    flags: dict[str, str],
+    derived: dict[str, Any],
+    derived_origins: dict[str, Origin],
+) -> dict[str, Origin]:
+    origins: dict[str, Origin] = {}
+    for path, _ in _leaves(config):
+        if path in flags:
+            origins[path] = Origin("flag", note=flags[path])
+            continue
+        explicit = _explicit_origin(path, data, source, lines)
+        if explicit is not None:
+            origins[path] = explicit
+        elif path in derived_origins:
+            origins[path] = derived_origins[path]
+        elif isinstance(derived.get(str(_split(path)[0])), list):
+            origins[path] = Origin("default", note="default within a discovered list")
+        else:
+            origins[path] = Origin("default")
+    return origins

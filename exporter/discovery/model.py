@@ -1,0 +1,215 @@
+"""What discovery found, with the file and line of every fact (no dependency on the config module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value came from: ``file:line`` of nginx/PHP-FPM/exporter config, a default or a flag."""
+
+    kind: str  # "nginx", "php_fpm", "config", "default", "flag", "derived"
+    file: str | None = None
+    line: int | None = None
+    note: str | None = None
+
+    def __str__(self) -> str:
+        if self.file is not None:
+            where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        elif self.kind == "default":
+            where = "default"
+        elif self.kind == "flag":
+            where = f"flag {self.note}" if self.note else "flag"
+        else:
+            where = "discovery" if self.kind == "derived" else self.kind
+        if self.note and self.kind != "flag":
+            return f"{where} ({self.note})"
+        return where
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """A file that could not be read or parsed, with the line when known."""
+
+    source: str  # "nginx" or "php_fpm"
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """An nginx ``*_timeout`` in effect for one pass directive."""
+
+    name: str  # e.g. "fastcgi_read_timeout"
+    seconds: float
+    origin: Origin  # the directive, or nginx's built-in default
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """One place nginx sends requests to: a unix socket or ``host:port``."""
+
+    address: str  # "/run/php/php8.3-fpm.sock" or "127.0.0.1:8000"
+    origin: Origin  # the ``*_pass`` line, or the ``server`` line of the upstream block
+    upstream: str | None = None  # name of the ``upstream {}`` block it came through
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A ``fastcgi_pass`` / ``proxy_pass`` / ``uwsgi_pass`` / ``grpc_pass`` directive."""
+
+    directive: str
+    raw: str  # the argument as written
+    origin: Origin
+    scheme: str | None  # "http"/"https" for proxy_pass, "grpc"/"grpcs" for grpc_pass
+    targets: tuple[UpstreamTarget, ...]
+    server_names: tuple[str, ...]
+    listens: tuple[str, ...]
+    location: str | None
+    timeouts: tuple[Timeout, ...]
+    unresolved: str | None = None  # why no target could be derived (variables, unknown upstream)
+
+    def timeout(self, name: str) -> Timeout | None:
+        """The effective ``name`` timeout of this directive."""
+        return next((t for t in self.timeouts if t.name == name), None)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A ``listen`` directive of a ``server`` block."""
+
+    host: str | None  # None: every address
+    port: int | None  # None for a unix socket
+    unix: str | None
+    ssl: bool
+    default_server: bool
+    origin: Origin
+    server_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NginxFacts:
+    """What nginx's configuration says."""
+
+    main_file: str
+    files: tuple[str, ...] = ()
+    problems: tuple[ConfigProblem, ...] = ()
+    syntax_error: ConfigProblem | None = None
+    user: str | None = None
+    user_origin: Origin | None = None
+    error_logs: tuple[tuple[str, Origin], ...] = ()
+    passes: tuple[Pass, ...] = ()
+    listens: tuple[Listen, ...] = ()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``key = value`` of a PHP-FPM file."""
+
+    value: str
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    """One PHP-FPM pool: its settings with their lines, and the file that opens its section."""
+
+    name: str
+    file: str
+    line: int
+    config_file: str  # the main php-fpm.conf it belongs to
+    settings: dict[str, Setting] = field(default_factory=dict)
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key`` (after ``$pool`` substitution), or None."""
+        found = self.settings.get(key)
+        return found.value if found is not None else None
+
+    @property
+    def listen(self) -> str | None:
+        """The probe address of ``listen`` (unix path or ``host:port``)."""
+        value = self.get("listen")
+        return listen_address(value) if value else None
+
+    @property
+    def status_listen(self) -> str | None:
+        """The probe address of ``pm.status_listen``."""
+        value = self.get("pm.status_listen")
+        return listen_address(value) if value else None
+
+    @property
+    def version(self) -> str | None:
+        """``8.3`` for a file under ``/etc/php/8.3/fpm/``."""
+        parts = self.config_file.split("/")
+        for index, part in enumerate(parts[:-1]):
+            if part == "php" and index + 1 < len(parts) and parts[index + 1][:1].isdigit():
+                return parts[index + 1]
+        return None
+
+
+@dataclass(frozen=True)
+class PhpFpmFacts:
+    """What PHP-FPM's configuration files say."""
+
+    config_files: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    problems: tuple[ConfigProblem, ...] = ()
+    pools: tuple[PoolFacts, ...] = ()
+    error_logs: tuple[tuple[str, Origin], ...] = ()
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """Everything discovery found plus the origin of every effective configuration value."""
+
+    nginx: NginxFacts | None = None
+    php_fpm: PhpFpmFacts | None = None
+    origins: dict[str, Origin] = field(default_factory=dict)
+    problems: tuple[ConfigProblem, ...] = ()
+
+    def pool_for(self, address: str) -> PoolFacts | None:
+        """The pool whose ``listen`` is ``address`` (unix path or host:port)."""
+        wanted = listen_address(address)
+        if self.php_fpm is None:
+            return None
+        return next((p for p in self.php_fpm.pools if p.listen == wanted), None)
+
+    def fastcgi_passes(self, address: str) -> tuple[Pass, ...]:
+        """nginx ``fastcgi_pass`` directives that send requests to ``address``."""
+        wanted = listen_address(address)
+        if self.nginx is None:
+            return ()
+        return tuple(
+            p
+            for p in self.nginx.passes
+            if p.directive == "fastcgi_pass" and any(t.address == wanted for t in p.targets)
+        )
+
+
+def listen_address(value: str) -> str:
+    """A probe address from a ``listen``/``fastcgi_pass``/``server`` value.
+
+    ``unix:/x.sock`` and ``/x.sock`` → ``/x.sock``; ``9000`` and ``0.0.0.0:9000`` →
+    ``127.0.0.1:9000``; ``[::]:9000`` → ``[::1]:9000``; ``localhost:9000`` stays.
+    """
+    text = value.strip()
+    if text.startswith("unix:"):
+        return text.removeprefix("unix:")
+    if text.startswith("/"):
+        return text
+    if text.isdigit():
+        return f"127.0.0.1:{text}"
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text
+    if host in ("0.0.0.0", "*", ""):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "[::0]"):
+        return f"[::1]:{port}"
+    return f"{host}:{port}"
