@@ -99,7 +99,9 @@ class Exporter:
 
     def encode(self, results: RoundResults, diagnosis: Diagnosis, accept: str | None) -> tuple[bytes, str]:
         """The exposition of one round (plus the extra sources, read now) for an ``Accept`` header."""
-        registry = scrape_registry(lambda: round_metric_families(results, diagnosis, self.config), *self.extra_sources)
+        registry = scrape_registry(
+            lambda: round_metric_families(results, diagnosis, self.config), *self.extra_sources
+        )
         encoder, content_type = choose_encoder(accept or "")
         return encoder(registry), content_type
 
