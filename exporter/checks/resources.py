@@ -36,6 +36,13 @@ class ResourcesResult:
     missing_paths: tuple[str, ...]
 
 
+def _device(path: str) -> int:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return -1
+
+
 def _mountpoint(path: str) -> str:
     path = os.path.realpath(path)
     while not os.path.ismount(path):
@@ -51,16 +58,12 @@ class ResourcesCheck:
     def __init__(self, paths: Iterable[str], proc_root: str = "/proc") -> None:
         self._paths = tuple(paths)
         self._proc = proc_root
+        self._layout: tuple[dict[str, list[str]], list[str]] = ({}, [])
+        self._layout_key: tuple[int, ...] | None = None
 
     def run(self, deadline: Deadline) -> ResourcesResult:
         meminfo = self._read_meminfo()
-        mounts: dict[str, list[str]] = {}
-        missing: list[str] = []
-        for path in self._paths:
-            if os.path.exists(path):
-                mounts.setdefault(_mountpoint(path), []).append(path)
-            else:
-                missing.append(path)
+        mounts, missing = self._mount_layout()
         filesystems = []
         for mountpoint, paths in sorted(mounts.items()):
             st = os.statvfs(mountpoint)
@@ -83,6 +86,20 @@ class ResourcesCheck:
             filesystems=tuple(filesystems),
             missing_paths=tuple(missing),
         )
+
+    def _mount_layout(self) -> tuple[dict[str, list[str]], list[str]]:
+        """Which mount holds each watched path, found again only when a path's device changes."""
+        key = tuple(_device(path) for path in self._paths)
+        if key != self._layout_key:
+            mounts: dict[str, list[str]] = {}
+            missing: list[str] = []
+            for path in self._paths:
+                if os.path.exists(path):
+                    mounts.setdefault(_mountpoint(path), []).append(path)
+                else:
+                    missing.append(path)
+            self._layout, self._layout_key = (mounts, missing), key
+        return self._layout
 
     def _read_meminfo(self) -> dict[str, int]:
         values: dict[str, int] = {}
