@@ -159,6 +159,16 @@ def load_config(path: str | None, flags: dict[str, tuple[str, object]] | None = 
 
 def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
     """The YAML mapping in ``path`` and the line of every key path in it."""
+    data, text = load_yaml_file(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: <top level>: expected a mapping, got {data!r}")
+    return data, _key_lines(text)
+
+
+def load_yaml_file(path: str) -> tuple[object, str]:
+    """The parsed YAML document in ``path`` and its text; :class:`ConfigError` names the file and line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -172,11 +182,7 @@ def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: <top level>: expected a mapping, got {data!r}")
-    return data, _key_lines(text)
+    return data, text
 
 
 def _key_lines(text: str) -> dict[str, int]:

@@ -1,13 +1,13 @@
 """Grafana dashboards, generated from :mod:`exporter.causes` and the rule settings of :mod:`exporter.rules`.
 
-``python -m exporter.grafana render`` writes ``grafana/dashboards/badgateway-overview.json``. The cause
+``badgateway-exporter dashboards render`` writes ``grafana/dashboards/badgateway-overview.json``. The cause
 stats (one per entry of :data:`exporter.causes.CAUSES`, with its runbook), the recording-rule names
 (which carry ``error_rate_window``), the front/backend target regexes, the exporter job and the
 runbook base URL come from the same table and :class:`exporter.rules.Settings` that render the
 alert rules, so the dashboards cannot drift from the rules. Do not edit the JSON by hand::
 
-    python -m exporter.grafana render --out grafana/dashboards
-    python -m exporter.grafana check  --out grafana/dashboards   # exit 1 when the JSON is stale
+    badgateway-exporter dashboards render --out grafana/dashboards
+    badgateway-exporter dashboards check  --out grafana/dashboards   # exit 1 when the JSON is stale
 
 The JSON targets Grafana 10/11 (``schemaVersion`` 39): a ``datasource`` variable (type
 ``prometheus``) and no datasource uid anywhere, a multi-value ``instance`` variable so one dashboard
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.causes import CAUSES
-from exporter.rules import RulesError, Settings, settings_from_args
+from exporter.rules import RulesError, Settings, settings_from_args, stale_files, write_files
 
 JSON = dict[str, Any]
 
@@ -1254,32 +1254,14 @@ def main(argv: list[str]) -> int:
         rendered = render(settings)
         out = Path(args.out)
         if args.command == "check":
-            problems = []
-            for name, text in rendered.items():
-                path = out / name
-                try:
-                    current = path.read_text(encoding="utf-8")
-                except OSError as exc:
-                    problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-                    continue
-                if current != text:
-                    problems.append(
-                        f"{path}: differs from a fresh render (run: python -m exporter.grafana render)"
-                    )
+            problems = stale_files(out, rendered, "badgateway-exporter dashboards render")
             for problem in problems:
                 print(problem, file=sys.stderr)
             return 1 if problems else 0
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            for name, text in rendered.items():
-                (out / name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise RulesError(f"{exc.filename or out}: cannot write: {exc.strerror or exc}") from None
-        for name in rendered:
-            print(out / name)
+        write_files(out, rendered)
         return 0
     except RulesError as exc:
-        print(f"exporter.grafana: {exc}", file=sys.stderr)
+        print(f"badgateway-exporter dashboards: {exc}", file=sys.stderr)
         return 2
 
 

@@ -749,7 +749,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(out: Path, rendered: dict[str, str]) -> list[str]:
+def stale_files(out: Path, rendered: dict[str, str], command: str) -> list[str]:
+    """One problem line for every rendered file in ``out`` that is missing or differs from ``rendered``."""
     problems = []
     for name, text in rendered.items():
         path = out / name
@@ -759,7 +760,24 @@ def _check(out: Path, rendered: dict[str, str]) -> list[str]:
             problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             continue
         if current != text:
-            problems.append(f"{path}: differs from a fresh render (run: badgateway-exporter rules render)")
+            problems.append(f"{path}: differs from a fresh render (run: {command})")
+    return problems
+
+
+def write_files(out: Path, rendered: dict[str, str]) -> None:
+    """Write every rendered file into ``out`` and print its path; :class:`RulesError` when it cannot."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{exc.filename or out}: cannot write: {exc.strerror or exc}") from None
+    for name in rendered:
+        print(out / name)
+
+
+def _check(out: Path, rendered: dict[str, str]) -> list[str]:
+    problems = stale_files(out, rendered, "badgateway-exporter rules render")
     promtool = shutil.which("promtool")
     if promtool is not None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -787,14 +805,7 @@ def main(argv: list[str]) -> int:
             for problem in problems:
                 print(problem, file=sys.stderr)
             return 1 if problems else 0
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            for name, text in rendered.items():
-                (out / name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise RulesError(f"{exc.filename or out}: cannot write: {exc.strerror or exc}") from None
-        for name in rendered:
-            print(out / name)
+        write_files(out, rendered)
         return 0
     except RulesError as exc:
         print(f"badgateway-exporter rules: {exc}", file=sys.stderr)

@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Final
 
 import bcrypt
-import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, load_yaml_file
 
 TLS_VERSIONS: Final = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -165,17 +164,9 @@ class WebConfig:
 def load_web_config(path: str) -> WebConfig:
     """Read and validate ``path``; raise :class:`WebConfigError` naming the file and the key."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WebConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise WebConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise WebConfigError(f"{path}:{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
+        data, _ = load_yaml_file(path)
+    except ConfigError as exc:
+        raise WebConfigError(str(exc)) from None
     return web_config_from_dict({} if data is None else data, path, base=Path(path).parent)
 
 
