@@ -167,7 +167,9 @@ def display_color(panel: JSON, value: float) -> str:
 def test_committed_dashboards_equal_fresh_render() -> None:
     rendered = grafana.render()
     assert sorted(rendered) == sorted(p.name for p in DASHBOARDS.glob("*.json"))
-    assert grafana.main(["check", "--out", str(DASHBOARDS)]) == 0, "run: badgateway-exporter dashboards render"
+    assert grafana.main(["check", "--out", str(DASHBOARDS)]) == 0, (
+        "run: badgateway-exporter dashboards render"
+    )
 
 
 def test_render_command(tmp_path: Path) -> None:
