@@ -9,7 +9,7 @@ from enum import StrEnum
 from exporter.causes import Cause
 from exporter.checks.fastcgi import FailureReason, FastCGIResult
 from exporter.checks.http import HttpResult
-from exporter.checks.processes import listening_addresses
+from exporter.checks.processes import ServiceProcesses, listening_addresses
 from exporter.checks.resources import FilesystemUsage
 from exporter.checks.sockets import SocketResult
 from exporter.checks.units import ENABLED_FILE_STATES, UnitsResult, default_php_fpm_unit
@@ -71,64 +71,24 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     failed = {o.collector: o for o in results.collectors if not o.success}
 
     # Step 1: are the services running (systemctl status / ps aux)?
-    procs = results.processes
     answering = {
         "nginx": any(p.status_code is not None for p in results.http if p.role == "front"),
         "php_fpm": any(p.up for p in results.fastcgi),
         "backend": any(p.status_code is not None for p in results.http if p.role == "backend"),
     }
-    php_running: bool | None = None
-    backend_running: bool | None = None
-    nginx_running: bool | None = None
+    procs = results.processes
+    running: dict[str, bool | None] = {service: None for service in answering}
     if procs is None:
         findings.append(_not_checked("processes", "Processes of nginx, PHP-FPM and the backend", failed))
     else:
-        for service, title, unit, cause in (
-            ("nginx", "nginx is running", nginx_unit, Cause.NGINX_DOWN),
-            ("php_fpm", "PHP-FPM is running", php_unit, Cause.PHP_FPM_DOWN),
-            ("backend", "The Python backend is running", backend_unit, Cause.BACKEND_DOWN),
-        ):
+        units = {"nginx": nginx_unit, "php_fpm": php_unit, "backend": backend_unit}
+        for service, title, cause in _PROCESS_ROLES:
             found = procs.of(service)
-            count = found.count if found else 0
-            running = count > 0
-            if service == "nginx":
-                nginx_running = running
-            elif service == "php_fpm":
-                php_running = running
-            else:
-                backend_running = running
-            if not running and answering[service]:
-                findings.append(
-                    Finding(
-                        f"process:{service}",
-                        title,
-                        Verdict.WARN,
-                        (f"no process matches {getattr(config.processes, service)!r}, yet the service answers its probe:"
-                         f" set processes.{service} in the configuration",),
-                    )
-                )  # fmt: skip
-                continue
-            if running and found:
-                evidence = [f"{count} process(es), {_bytes(found.resident_memory_bytes)} resident"]
-                evidence += [f"main: {command}" for command in found.main_commands]
-                if found.users:
-                    evidence.append(f"running as: {', '.join(found.users)}")
-                findings.append(Finding(f"process:{service}", title, Verdict.OK, tuple(evidence)))
-            else:
-                findings.append(
-                    Finding(
-                        f"process:{service}",
-                        title,
-                        Verdict.FAIL,
-                        (f"no process matches {getattr(config.processes, service)!r}",),
-                        cause,
-                        (
-                            f"sudo systemctl start {unit}",
-                            f"sudo systemctl enable {unit}",
-                            f"sudo journalctl -u {unit} -n 50 --no-pager",
-                        ),
-                    )
-                )
+            running[service] = found is not None and found.count > 0
+            findings.append(
+                _process_finding(service, title, cause, found, answering[service], units[service], config)
+            )
+    php_running, nginx_running = running["php_fpm"], running["nginx"]
 
     # Step 1 as the runbook runs it: systemctl status.
     findings.extend(_unit_findings(results.units, config, answering, failed))
@@ -194,7 +154,7 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     # Steps "curl http://localhost:8000/health" and "curl -I http://localhost/".
     gateway_errors: list[str] = []
     for http_probe in results.http:
-        findings.append(_http_finding(http_probe, backend_running, nginx_running, backend_unit, nginx_unit))
+        findings.append(_http_finding(http_probe, nginx_running, backend_unit, nginx_unit))
         if http_probe.role == "front" and http_probe.gateway_error:
             gateway_errors.append(f"{http_probe.url} answered {http_probe.status_code}")
     if config.http and not results.http:
@@ -226,6 +186,52 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
             )
         )
     return Diagnosis(findings=tuple(findings), causes=causes, gateway_errors=tuple(gateway_errors))
+
+
+_PROCESS_ROLES = (
+    ("nginx", "nginx is running", Cause.NGINX_DOWN),
+    ("php_fpm", "PHP-FPM is running", Cause.PHP_FPM_DOWN),
+    ("backend", "The Python backend is running", Cause.BACKEND_DOWN),
+)
+
+
+def _process_finding(
+    service: str,
+    title: str,
+    cause: Cause,
+    found: ServiceProcesses | None,
+    answering: bool,
+    unit: str,
+    config: Config,
+) -> Finding:
+    step = f"process:{service}"
+    pattern = getattr(config.processes, service)
+    if found is not None and found.count > 0:
+        evidence = [f"{found.count} process(es), {_bytes(found.resident_memory_bytes)} resident"]
+        evidence += [f"main: {command}" for command in found.main_commands]
+        if found.users:
+            evidence.append(f"running as: {', '.join(found.users)}")
+        return Finding(step, title, Verdict.OK, tuple(evidence))
+    if answering:
+        return Finding(
+            step,
+            title,
+            Verdict.WARN,
+            (f"no process matches {pattern!r}, yet the service answers its probe:"
+             f" set processes.{service} in the configuration",),
+        )  # fmt: skip
+    return Finding(
+        step,
+        title,
+        Verdict.FAIL,
+        (f"no process matches {pattern!r}",),
+        cause,
+        (
+            f"sudo systemctl start {unit}",
+            f"sudo systemctl enable {unit}",
+            f"sudo journalctl -u {unit} -n 50 --no-pager",
+        ),
+    )
 
 
 _UNIT_ROLES = (
@@ -624,7 +630,6 @@ def _pool_fix(php_unit: str) -> tuple[str, ...]:
 
 def _http_finding(
     probe: HttpResult,
-    backend_running: bool | None,
     nginx_running: bool | None,
     backend_unit: str,
     nginx_unit: str,
