@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import grp
 import http.client
 import math
 import os
@@ -262,6 +263,8 @@ class Stack:
         self._backend: subprocess.Popen[bytes] | None = None
         self._php_paused = False
         self._good_nginx_conf = ""
+        self._pool_user_lines = ""
+        self._template_values: dict[str, str] = {}
         self._write_files()
 
     # -- layout -----------------------------------------------------------------------------
@@ -307,6 +310,15 @@ class Stack:
         else:
             user_line = "# not root: workers run as the current user"
             pool_user = "; not root: workers run as the current user"
+        self._pool_user_lines = pool_user
+        self._template_values = values
+        self._good_nginx_conf = _render("nginx.conf", {**values, "USER_LINE": user_line})
+        self.nginx_conf.write_text(self._good_nginx_conf, encoding="utf-8")
+        self.php_fpm_conf.write_text(self._php_fpm_conf_text(), encoding="utf-8")
+        for path in (self.nginx_conf, self.php_fpm_conf):
+            path.chmod(0o644)
+
+    def _php_fpm_conf_text(self) -> str:
         pm_lines = [f"pm = {self.pm}", f"pm.max_children = {self.max_children}"]
         if self.pm == "dynamic":
             pm_lines += [
@@ -321,20 +333,15 @@ class Stack:
             terminate = f"request_terminate_timeout = {math.ceil(self.request_terminate_timeout)}s"
         else:
             terminate = "; request_terminate_timeout: not set"
-        self._good_nginx_conf = _render("nginx.conf", {**values, "USER_LINE": user_line})
-        self.nginx_conf.write_text(self._good_nginx_conf, encoding="utf-8")
-        php_conf = _render(
+        return _render(
             "php-fpm.conf",
             {
-                **values,
-                "POOL_USER_LINES": pool_user,
+                **self._template_values,
+                "POOL_USER_LINES": self._pool_user_lines,
                 "PM_LINES": "\n".join(pm_lines),
                 "TERMINATE_LINE": terminate,
             },
         )
-        self.php_fpm_conf.write_text(php_conf, encoding="utf-8")
-        for path in (self.nginx_conf, self.php_fpm_conf):
-            path.chmod(0o644)
 
     # -- whole stack ------------------------------------------------------------------------
 
@@ -664,6 +671,78 @@ class Stack:
     def restore_nginx_config(self) -> None:
         """Put the good config back on disk."""
         self.nginx_conf.write_text(self._good_nginx_conf, encoding="utf-8")
+
+    def point_fastcgi_pass(self, address: str) -> None:
+        """Write the config with ``fastcgi_pass`` aimed at ``address`` (e.g. ``unix:/run/php/php8.3-fpm.sock``).
+
+        Only the file changes: call :meth:`reload_nginx` (or reload the unit) to make nginx use it;
+        :meth:`restore_nginx_config` puts the original back.
+        """
+        original = f"fastcgi_pass unix:{self.socket_path};"
+        if original not in self._good_nginx_conf:
+            raise StackError(f"{self.nginx_conf}: no {original!r} to replace")
+        self.nginx_conf.write_text(
+            self._good_nginx_conf.replace(original, f"fastcgi_pass {address};"), encoding="utf-8"
+        )
+
+    def other_php_socket(self, version: str = "8.3") -> Path:
+        """Where another PHP version's pool would put its socket, next to this stack's socket."""
+        return self.socket_path.parent / f"php{version}-fpm.sock"
+
+    # -- faults on files and settings (the running processes are left alone) ---------------------
+
+    def set_max_children(self, max_children: int) -> None:
+        """Rewrite the pool's ``pm.max_children``; takes effect when PHP-FPM restarts."""
+        if max_children < 1:
+            raise ValueError("max_children must be at least 1")
+        self.max_children = max_children
+        self.php_fpm_conf.write_text(self._php_fpm_conf_text(), encoding="utf-8")
+
+    def chown_socket(self, user: str, group: str | None = None) -> None:
+        """Give the PHP-FPM socket to ``user``:``group`` (e.g. ``root``, locking www-data out)."""
+        entry = pwd.getpwnam(user)
+        gid = entry.pw_gid if group is None else grp.getgrnam(group).gr_gid
+        os.chown(self.socket_path, entry.pw_uid, gid)
+
+    def restore_socket_owner(self) -> None:
+        """Give the socket back to the pool's ``listen.owner``/``listen.group`` (the worker user)."""
+        self.chown_socket(self.worker_user or pwd.getpwuid(os.geteuid()).pw_name)
+
+    def set_run_dir_mode(self, mode: int) -> None:
+        """chmod the socket's folder (``0o700`` takes the workers' search permission away)."""
+        self.socket_path.parent.chmod(mode)
+
+    # -- the same processes as units of a service manager ----------------------------------------
+
+    def php_fpm_argv(self) -> list[str]:
+        """The PHP-FPM command line that :meth:`start_php_fpm` runs (foreground)."""
+        return [self.php_fpm_binary, "-F", "-y", str(self.php_fpm_conf)]
+
+    def nginx_argv(self) -> list[str]:
+        """The nginx command line that :meth:`start_nginx` runs (``daemon off`` is in the config)."""
+        return [
+            self.nginx_binary,
+            "-e",
+            str(self.nginx_error_log),
+            "-p",
+            f"{self.root}/",
+            "-c",
+            str(self.nginx_conf),
+        ]
+
+    def backend_argv(self) -> list[str]:
+        """The uvicorn command line that :meth:`start_backend` runs; needs :meth:`backend_env`."""
+        package_parent = Path(__file__).resolve().parents[2]
+        return [
+            sys.executable, "-m", "uvicorn", "exporter.demo.backend:app",
+            "--app-dir", str(package_parent),
+            "--host", "127.0.0.1", "--port", str(self.backend_port),
+            "--timeout-graceful-shutdown", "1",
+        ]  # fmt: skip
+
+    def backend_env(self) -> dict[str, str]:
+        """The extra environment of the backend (where its fault files are)."""
+        return {ROOT_ENV: str(self.root)}
 
     # -- exporter ---------------------------------------------------------------------------
 
