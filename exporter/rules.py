@@ -402,6 +402,9 @@ def _other_alerts(s: Settings) -> list[AlertSpec]:
             expr=(
                 f"sum by (instance) (rate(badgateway_nginx_upstream_errors_total[{window}]))"
                 f" > {s.gateway_error_rate:g}\n"
+                # Errors logged while a cause fired stay in the rate window after the fix: they are
+                # that cause's, not an unexplained symptom.
+                f"unless on (instance) max by (instance) (max_over_time(badgateway_cause[{window}])) == 1\n"
                 "or\n"
                 f"max by (instance) (badgateway_http_status_code{{target=~{front}}} == 502"
                 f" or badgateway_http_status_code{{target=~{front}}} == 504)"
