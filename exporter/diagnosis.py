@@ -152,9 +152,12 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
         findings.append(_not_checked("fastcgi", "PHP-FPM answers FastCGI ping", failed))
 
     # Steps "curl http://localhost:8000/health" and "curl -I http://localhost/".
+    pool_exhausted = any(
+        f.cause == Cause.PHP_FPM_POOL_EXHAUSTED and f.verdict == Verdict.FAIL for f in findings
+    )
     gateway_errors: list[str] = []
     for http_probe in results.http:
-        findings.append(_http_finding(http_probe, nginx_running, backend_unit, nginx_unit))
+        findings.append(_http_finding(http_probe, pool_exhausted, nginx_running, backend_unit, nginx_unit))
         if http_probe.role == "front" and http_probe.gateway_error:
             gateway_errors.append(f"{http_probe.url} answered {http_probe.status_code}")
     if config.http and not results.http:
@@ -630,6 +633,7 @@ def _pool_fix(php_unit: str) -> tuple[str, ...]:
 
 def _http_finding(
     probe: HttpResult,
+    pool_exhausted: bool,
     nginx_running: bool | None,
     backend_unit: str,
     nginx_unit: str,
@@ -673,6 +677,11 @@ def _http_finding(
         return Finding(
             step, title, Verdict.FAIL, tuple(evidence), Cause.NGINX_DOWN,
             (f"sudo nginx -t && sudo systemctl start {nginx_unit}", f"sudo systemctl enable {nginx_unit}"),
+        )  # fmt: skip
+    if (probe.status_code == 504 or probe.error == "timeout") and pool_exhausted:
+        # The page waits behind the busy pool: the same incident as the FastCGI finding, not a second cause.
+        return Finding(
+            step, title, Verdict.FAIL, (*evidence, "the PHP-FPM pool is exhausted (see above): requests queue"),
         )  # fmt: skip
     if probe.status_code == 504 or probe.error == "timeout":
         return Finding(

@@ -6,11 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
+from conftest import StackFactory
 from exporter_harness import (
     RunningExporter,
     Scrape,
@@ -22,6 +24,9 @@ from exporter_harness import (
 )
 
 from exporter import rules
+from exporter.checks.fastcgi import FailureReason, FastCGICheck
+from exporter.config import PhpFpmPool
+from exporter.deadline import Deadline
 from exporter.demo.stack import Stack, wait_until
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx workers must run as www-data")
@@ -320,3 +325,29 @@ def test_tcp_fastcgi_listener_that_never_answers(stack: Stack) -> None:
             scrape = exporter.scrape()
     assert scrape.value("badgateway_fastcgi_probe_failure", socket=address, reason="timeout") == 1
     assert 0.5 <= scrape.value("badgateway_fastcgi_probe_duration_seconds", socket=address) < 1.0
+
+
+def test_php_fpm_pool_exhausted_is_one_cause(make_stack: StackFactory) -> None:
+    """Every worker busy with a slow script: the ping and the page both wait; one cause, not two."""
+    stack = make_stack(max_children=1)
+    busy = [
+        threading.Thread(target=lambda: httpx.get(f"{stack.front_url}slow.php?s=12", timeout=20))
+        for _ in range(2)
+    ]
+    for thread in busy:
+        thread.start()
+    try:
+        wait_until(lambda: _ping_times_out(stack), 10, "the only worker to be busy")
+        scrape, causes, code = scrape_and_diagnose(stack)
+    finally:
+        for thread in busy:
+            thread.join(timeout=30)
+    sock = str(stack.socket_path)
+    assert scrape.causes() == {"php_fpm_pool_exhausted"} == causes
+    assert code == 1
+    assert scrape.value("badgateway_fastcgi_probe_failure", socket=sock, reason="timeout") == 1
+
+
+def _ping_times_out(stack: Stack) -> bool:
+    probe = FastCGICheck(PhpFpmPool(socket=str(stack.socket_path), status_path=None, timeout_seconds=0.3))
+    return probe.run(Deadline.after(0.3)).failure == FailureReason.TIMEOUT
