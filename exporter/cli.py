@@ -86,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        config = load_config(args.config)
-        if args.listen_address:
-            config = _replace_listen(config, args.listen_address)
+        flags = (
+            {"listen_address": ("--web.listen-address", args.listen_address)} if args.listen_address else None
+        )
+        config = load_config(args.config, flags)
         if args.command == "diagnose":
             return run_diagnose(config, args.format, args.timeout)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-        return serve(config, web_config)
+        return serve(config, web_config, reload=lambda: load_config(args.config, flags))
     except (ConfigError, UsageError) as exc:
         print(f"{PROG}: {exc}" if not str(exc).startswith(PROG) else str(exc), file=sys.stderr)
         return 2
@@ -165,15 +166,13 @@ _PASSTHROUGH: dict[str, Callable[[], Callable[[list[str]], int]]] = {
 }
 
 
-def _replace_listen(config: Config, address: str) -> Config:
-    return replace(config, listen_address=address)
-
-
-def serve(config: Config, web_config: WebConfig | None = None) -> int:
+def serve(
+    config: Config, web_config: WebConfig | None = None, reload: Callable[[], Config] | None = None
+) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT."""
     watcher = LogWatcher(config.logs)
     watcher.start()
-    exporter = Exporter(config, [log_families(watcher)])
+    exporter = Exporter(config, [log_families(watcher)], reload)
     try:
         server = make_server(exporter, config.listen_address, web_config)
     except ValueError as exc:

@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import html
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -39,7 +40,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
-from exporter.config import Config
+from exporter.config import Config, ConfigError
 from exporter.diagnosis import Diagnosis, diagnose
 from exporter.metrics import round_metric_families, scrape_registry
 from exporter.rounds import Prober, RoundResults
@@ -69,13 +70,64 @@ class Limits:
 MAX_CONCURRENT_REQUESTS = Limits().max_workers
 
 
+RELOAD_CHECK_SECONDS = 5.0
+
+
+def discovered_file_stamps(config: Config) -> tuple[tuple[str, int], ...]:
+    """Modification times of the configuration files discovery read, and of their folders (new files)."""
+    found = config.discovered
+    if found is None:
+        return ()
+    paths: set[str] = set()
+    if found.nginx is not None:
+        paths.update((found.nginx.main_file, *found.nginx.files))
+    if found.php_fpm is not None:
+        paths.update((*found.php_fpm.config_files, *found.php_fpm.files))
+    paths.update({os.path.dirname(path) for path in paths})
+    stamps = []
+    for path in sorted(paths):
+        try:
+            stamps.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            stamps.append((path, -1))
+    return tuple(stamps)
+
+
 class Exporter:
     """Rounds of checks, their diagnosis, and any background sources of metrics (logs, ...)."""
 
-    def __init__(self, config: Config, extra_sources: Iterable[Callable[[], Iterable[Metric]]] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extra_sources: Iterable[Callable[[], Iterable[Metric]]] = (),
+        reload: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
         self.prober = Prober(config)
         self.extra_sources = tuple(extra_sources)
+        self._reload = reload
+        self._stamps = discovered_file_stamps(config)
+        self._next_reload_check = time.monotonic() + RELOAD_CHECK_SECONDS
+
+    def _reload_if_changed(self) -> None:
+        """Discover again when nginx's or PHP-FPM's configuration changed on disk (a new fastcgi_pass, a pool)."""
+        now = time.monotonic()
+        if self._reload is None or now < self._next_reload_check:
+            return
+        self._next_reload_check = now + RELOAD_CHECK_SECONDS
+        stamps = discovered_file_stamps(self.config)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            log.warning("configuration changed but cannot be loaded, keeping the old one: %s", exc)
+            return
+        old, self.prober = self.prober, Prober(config)
+        self.config, self._stamps = config, discovered_file_stamps(config)
+        old.close()
+        log.info("nginx or PHP-FPM configuration changed on disk: discovered the targets again")
 
     def timeout_for(self, header: str | None) -> float:
         """The round's deadline: Prometheus's scrape timeout (or the configured one) minus the margin."""
@@ -94,6 +146,7 @@ class Exporter:
         return timeout - margin if timeout > 2 * margin else timeout / 2
 
     def check(self, timeout_seconds: float) -> tuple[RoundResults, Diagnosis]:
+        self._reload_if_changed()
         results = self.prober.collect(timeout_seconds)
         return results, diagnose(results, self.config)
 

@@ -21,6 +21,7 @@ from exporter_harness import cli, running_exporter
 from prometheus_client.core import Metric
 from test_discovery_tree import Tree, http_get
 
+from exporter import server
 from exporter.checks.processes import listening_addresses
 from exporter.config import Config, load_config
 from exporter.demo.stack import ROOT_ENV, StackError, find_binary, free_port, make_root, wait_until
@@ -362,3 +363,31 @@ def test_discover_prints_origins(make_tree: TreeFactory, backends: tuple[tuple[i
     passes = document["found"]["nginx"]["passes"]
     assert {p["directive"] for p in passes} == {"fastcgi_pass", "proxy_pass"}
     assert "/nonexistent.sock" not in json_out.stdout  # sites-available without a sites-enabled link
+
+
+def test_running_exporter_rediscovers_when_nginx_changes(
+    make_tree: TreeFactory, backends: tuple[tuple[int, ...], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fastcgi_pass pointed at another PHP version's socket and nginx reloaded: the running exporter sees it."""
+    monkeypatch.setattr(server, "RELOAD_CHECK_SECONDS", 0.0)
+    ports = backends[0]
+    tree = make_tree(php_version="8.3", nginx_php_version="8.3")
+    tree.start_php_fpm()
+    tree.start_nginx()
+    path = write(tree, ports)
+    exporter = Exporter(load_config(str(path)), reload=lambda: load_config(str(path)))
+    try:
+        _, before = exporter.check(5.0)
+        assert "socket_path_mismatch" not in before.causes
+        other = str(tree.socket).replace("8.3", "8.0")
+        tree.site.write_text(tree.site.read_text().replace(str(tree.socket), other))
+        assert tree.nginx_pid is not None
+        os.kill(tree.nginx_pid, signal.SIGHUP)
+        wait_until(
+            lambda: http_get(tree.port, "/index.php") == 502, 15.0, "nginx to reload onto the other socket"
+        )
+        _, after = exporter.check(5.0)
+    finally:
+        exporter.close()
+    assert {c.value for c in after.causes} == {"socket_path_mismatch"}
+    assert other in {pool.socket for pool in exporter.config.php_fpm}

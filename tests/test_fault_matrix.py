@@ -47,31 +47,6 @@ DEFAULT_FAULTS = ("php_fpm_stopped", "socket_chowned_root", "backend_unhealthy",
 ONLY = [n.strip() for n in os.environ.get("BADGATEWAY_FAULT_MATRIX_FAULTS", "").split(",") if n.strip()]
 SELECTED = [f for f in FAULTS if (f.name in ONLY if ONLY else FULL or f.name in DEFAULT_FAULTS)]
 REPORT_ENV = "BADGATEWAY_FAULT_MATRIX_REPORT"  # write the table to this file too
-# Faults the product does not pass yet: fault name -> (what is missing, strict). See docs/fault-matrix.md.
-SYMPTOM_OUTLIVES_CAUSE = (
-    "NginxGatewayErrors outlives its cause: its error-log rate over error_rate_window stays above the"
-    " threshold after healing, the cause alert resolves first, the inhibition lifts and the symptom pages"
-    " (fix in exporter/rules.py: `unless on (instance) max_over_time(badgateway_cause[window]) == 1`)"
-)
-KNOWN_GAPS: dict[str, tuple[str, bool]] = {
-    "php_fpm_stopped": (SYMPTOM_OUTLIVES_CAUSE, False),
-    "php_fpm_killed": (SYMPTOM_OUTLIVES_CAUSE, False),
-    "backend_stopped": (SYMPTOM_OUTLIVES_CAUSE, False),
-    "socket_chowned_root": (SYMPTOM_OUTLIVES_CAUSE, False),
-    "socket_dir_no_search": (SYMPTOM_OUTLIVES_CAUSE, False),
-    "pool_exhausted": (
-        "the front probe's timeout is diagnosed as upstream_timeout next to php_fpm_pool_exhausted, so"
-        " UpstreamTimeout pages too (exporter/diagnosis.py should attribute a front timeout to an exhausted"
-        " pool); and " + SYMPTOM_OUTLIVES_CAUSE,
-        True,
-    ),
-    "fastcgi_pass_other_version": (
-        "discovery runs at start-up only (docs/discovery.md): the running exporter keeps the fastcgi_pass"
-        " it read at start, so a reload pointing nginx at another socket is never a cause on /metrics"
-        " (diagnose, a fresh process, does name socket_path_mismatch)",
-        True,
-    ),
-}
 
 
 @dataclass
@@ -157,17 +132,7 @@ def test_healthy_traffic_pages_nobody(matrix: MatrixRun) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            f.name, marks=pytest.mark.xfail(reason=KNOWN_GAPS[f.name][0], strict=KNOWN_GAPS[f.name][1])
-        )
-        if f.name in KNOWN_GAPS
-        else f.name
-        for f in SELECTED
-    ],
-)
+@pytest.mark.parametrize("name", [f.name for f in SELECTED])
 def test_fault_pages_its_cause_once(matrix: MatrixRun, name: str) -> None:
     result = matrix.results[name]
     if result.skipped is not None:
