@@ -85,6 +85,7 @@ class Thresholds:
     filesystem_avail_ratio: float = 0.02
     filesystem_avail_bytes: int = 100 * 1024 * 1024
     filesystem_files_free_ratio: float = 0.02
+    oom_kill_window_seconds: float = 600.0  # an OOM kill this recent means memory_exhausted
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from exporter.causes import Cause
 from exporter.checks.fastcgi import FailureReason, FastCGIResult
 from exporter.checks.http import HttpResult
 from exporter.checks.processes import ServiceProcesses, listening_addresses
-from exporter.checks.resources import FilesystemUsage
+from exporter.checks.resources import FilesystemUsage, ResourcesResult
 from exporter.checks.sockets import SocketResult
 from exporter.checks.units import ENABLED_FILE_STATES, UnitsResult, default_php_fpm_unit
 from exporter.config import Config, Thresholds
@@ -168,8 +168,7 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
         findings.append(_not_checked("resources", "Memory and disk", failed))
     else:
         res = results.resources
-        findings.append(_memory_finding(res.memory_total_bytes, res.memory_available_bytes, res.swap_total_bytes,
-                                        res.swap_free_bytes, res.oom_kills, config.thresholds))  # fmt: skip
+        findings.append(_memory_finding(res, results.recent_oom_kills, config.thresholds))
         findings.extend(_filesystem_finding(fs, config.thresholds) for fs in res.filesystems)
         for path in res.missing_paths:
             findings.append(
@@ -703,18 +702,23 @@ def _bytes(value: float) -> str:
     return f"{value:.1f} TiB"
 
 
-def _memory_finding(
-    total: int, available: int, swap_total: int, swap_free: int, oom_kills: int | None, thresholds: Thresholds
-) -> Finding:
+def _memory_finding(res: ResourcesResult, recent_oom_kills: int | None, thresholds: Thresholds) -> Finding:
+    total, available = res.memory_total_bytes, res.memory_available_bytes
     evidence = [
         f"available {_bytes(available)} of {_bytes(total)} ({available / total:.1%})"
         if total
         else "no memory figures",
-        f"swap free {_bytes(swap_free)} of {_bytes(swap_total)}",
+        f"swap free {_bytes(res.swap_free_bytes)} of {_bytes(res.swap_total_bytes)}",
     ]
-    if oom_kills is not None:
-        evidence.append(f"OOM kills since boot: {oom_kills}")
-    if total and available / total < thresholds.memory_available_ratio:
+    if res.oom_kills is not None:
+        evidence.append(f"OOM kills since boot: {res.oom_kills}")
+    low = bool(total) and available / total < thresholds.memory_available_ratio
+    if recent_oom_kills:
+        minutes = thresholds.oom_kill_window_seconds / 60
+        evidence.append(
+            f"the kernel's OOM killer killed {recent_oom_kills} process(es) in the last {minutes:g} min"
+        )
+    if low or recent_oom_kills:
         return Finding(
             "memory", "Enough free memory", Verdict.FAIL, tuple(evidence), Cause.MEMORY_EXHAUSTED,
             ("free -h; ps aux --sort=-rss | head -15",

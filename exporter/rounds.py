@@ -17,7 +17,7 @@ from exporter.checks.fastcgi import FastCGICheck, FastCGIResult
 from exporter.checks.http import HttpCheck, HttpResult
 from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
-from exporter.checks.resources import ResourcesCheck, ResourcesResult
+from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult
 from exporter.checks.sockets import SocketResult, SocketsCheck
 from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config
@@ -53,6 +53,8 @@ class RoundResults:
     nginx_config: NginxConfigResult | None = None
     units: UnitsResult | None = None
     collectors: tuple[CollectorOutcome, ...] = field(default=())
+    # OOM kills the kernel counted within thresholds.oom_kill_window_seconds (None: not counted).
+    recent_oom_kills: int | None = None
     # Slowest duration of each probe ("http:<target>", "fastcgi:<socket>") over the last rounds.
     slowest_probe_seconds: tuple[tuple[str, float], ...] = ()
 
@@ -92,6 +94,7 @@ class Prober:
             self._tasks.append(_Task(NginxConfigCheck.collector, self._nginx_test))
         self._syntax_cache: tuple[tuple[tuple[str, float], ...], ConfigProblem | None] | None = None
         self._history: deque[tuple[float, str, float]] = deque(maxlen=10000)
+        self._oom_kills = OomKillWindow(config.thresholds.oom_kill_window_seconds)
         # One thread per task is enough: a task still running from an earlier round is not started again.
         self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
         self._lock = threading.Lock()
@@ -124,6 +127,12 @@ class Prober:
         stamps = tuple((path, _mtime(path)) for path in (fresh.main_file, *fresh.files))
         self._syntax_cache = (stamps, fresh.syntax_error)
         return fresh.syntax_error
+
+    def _recent_oom_kills(self, resources: ResourcesResult | None) -> int | None:
+        if resources is None:
+            return None
+        with self._lock:
+            return self._oom_kills.observe(time.monotonic(), resources.oom_kills)
 
     def _slowest(
         self, http_results: tuple[HttpResult, ...], fastcgi_results: tuple[FastCGIResult, ...]
@@ -219,6 +228,7 @@ class Prober:
             units=_first(values, UnitsCheck.collector),
             collectors=_merge_outcomes(outcomes),
             slowest_probe_seconds=self._slowest(http_results, fastcgi_results),
+            recent_oom_kills=self._recent_oom_kills(_first(values, ResourcesCheck.collector)),
         )
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -117,6 +118,25 @@ class ResourcesCheck:
                 if line.startswith("oom_kill "):
                     return int(line.split()[1])
         return None
+
+
+class OomKillWindow:
+    """How many OOM kills the kernel counted within the last ``seconds`` (from successive readings)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._readings: deque[tuple[float, int]] = deque()
+
+    def observe(self, now: float, count: int | None) -> int | None:
+        if count is None:
+            return None
+        readings = self._readings
+        if readings and count < readings[-1][1]:
+            readings.clear()  # the counter went back: a reboot or another kernel's /proc
+        readings.append((now, count))
+        while len(readings) > 1 and now - readings[1][0] >= self.seconds:
+            readings.popleft()
+        return count - readings[0][1]
 
 
 def metric_families(result: ResourcesResult) -> Iterable[Metric]:
