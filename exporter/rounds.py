@@ -93,7 +93,8 @@ class Prober:
             self._nginx_check = NginxConfigCheck(config.nginx)
             self._tasks.append(_Task(NginxConfigCheck.collector, self._nginx_test))
         self._syntax_cache: tuple[tuple[tuple[str, float], ...], ConfigProblem | None] | None = None
-        self._history: deque[tuple[float, str, float]] = deque(maxlen=10000)
+        # Per probe: (minute, slowest duration in that minute), oldest first; at most a window's worth.
+        self._slowest_by_minute: dict[str, deque[tuple[int, float]]] = {}
         self._oom_kills = OomKillWindow(config.thresholds.oom_kill_window_seconds)
         # One thread per task is enough: a task still running from an earlier round is not started again.
         self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
@@ -137,17 +138,23 @@ class Prober:
     def _slowest(
         self, http_results: tuple[HttpResult, ...], fastcgi_results: tuple[FastCGIResult, ...]
     ) -> tuple[tuple[str, float], ...]:
-        now = time.monotonic()
+        minute = int(time.monotonic() // 60)
+        oldest = minute - int(SLOWEST_WINDOW_SECONDS // 60)
+        observed = [(f"http:{r.target}", r.duration_seconds) for r in http_results]
+        observed += [(f"fastcgi:{p.socket}", p.duration_seconds) for p in fastcgi_results]
         with self._lock:
-            for result in http_results:
-                self._history.append((now, f"http:{result.target}", result.duration_seconds))
-            for probe in fastcgi_results:
-                self._history.append((now, f"fastcgi:{probe.socket}", probe.duration_seconds))
-            while self._history and now - self._history[0][0] > SLOWEST_WINDOW_SECONDS:
-                self._history.popleft()
+            for key, seconds in observed:
+                buckets = self._slowest_by_minute.setdefault(key, deque())
+                if buckets and buckets[-1][0] == minute:
+                    buckets[-1] = (minute, max(buckets[-1][1], seconds))
+                else:
+                    buckets.append((minute, seconds))
             slowest: dict[str, float] = {}
-            for _, key, seconds in self._history:
-                slowest[key] = max(seconds, slowest.get(key, 0.0))
+            for key, buckets in self._slowest_by_minute.items():
+                while buckets and buckets[0][0] < oldest:
+                    buckets.popleft()
+                if buckets:
+                    slowest[key] = max(seconds for _, seconds in buckets)
         return tuple(sorted(slowest.items()))
 
     def close(self) -> None:
