@@ -27,7 +27,9 @@ def fake_proc(root: Path, oom_kills: int) -> Path:
 
 
 def test_reads_the_kernel_files(tmp_path: Path) -> None:
-    result = ResourcesCheck([str(tmp_path)], proc_root=str(fake_proc(tmp_path / "proc", 3))).run(Deadline.after(1))
+    result = ResourcesCheck([str(tmp_path)], proc_root=str(fake_proc(tmp_path / "proc", 3))).run(
+        Deadline.after(1)
+    )
     assert result.memory_total_bytes == 8_000_000 * 1024
     assert result.memory_available_bytes == 4_000_000 * 1024
     assert (result.swap_total_bytes, result.swap_free_bytes) == (1_000_000 * 1024, 900_000 * 1024)
@@ -48,13 +50,17 @@ def test_oom_kill_window_counts_only_recent_kills() -> None:
 
 def test_a_recent_oom_kill_is_memory_exhaustion(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
-    config = config_from_dict({"php_fpm": [], "http": [], "units": {"enabled": False}, "nginx": {"test": False}})
+    config = config_from_dict(
+        {"php_fpm": [], "http": [], "units": {"enabled": False}, "nginx": {"test": False}}
+    )
     check = ResourcesCheck([str(tmp_path)], proc_root=str(proc))
     window = OomKillWindow(config.thresholds.oom_kill_window_seconds)
     for now, kills, expected in ((0, 3, set()), (15, 3, set()), (30, 4, {"memory_exhausted"})):
         fake_proc(proc, kills)
         resources = check.run(Deadline.after(1))
-        results = RoundResults(timeout_seconds=1, resources=resources, recent_oom_kills=window.observe(now, kills))
+        results = RoundResults(
+            timeout_seconds=1, resources=resources, recent_oom_kills=window.observe(now, kills)
+        )
         diagnosis = diagnose(results, config)
         assert {c.value for c in diagnosis.causes} == expected
     memory = next(f for f in diagnosis.findings if f.step == "memory")
