@@ -17,8 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +48,18 @@ from exporter.demo.faults import (
     http_get,
     render_rules,
 )
-from exporter.demo.stack import Stack, StackError, descendants, is_alive, make_root, tail, wait_until
+from exporter.demo.stack import (
+    Stack,
+    StackError,
+    descendants,
+    is_alive,
+    make_root,
+    mount_tmpfs,
+    tail,
+    unix_connects,
+    unmount,
+    wait_until,
+)
 
 TMPFS_SIZE = "32m"
 SYMPTOM = "NginxGatewayErrors"
@@ -76,45 +85,17 @@ def mount_refusal() -> str | None:
 def tmpfs_root(size: str = TMPFS_SIZE) -> Iterator[Path]:
     """A fresh 0755 folder with a tmpfs of ``size`` mounted on it; unmounted and removed afterwards."""
     root = make_root("badgateway-faults-")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755,nosuid,nodev", "badgateway-faults", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    if done.returncode != 0:
+    try:
+        mount_tmpfs(root, size, "badgateway-faults")
+    except StackError:
         root.rmdir()
-        raise StackError(f"cannot mount a tmpfs on {root}: {done.stderr.strip()}")
+        raise
     try:
         yield root
     finally:
         unmount(root)
         with contextlib.suppress(OSError):
             root.rmdir()
-
-
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
-        if line.split()[4] == target:
-            return True
-    return False
-
-
-def unmount(path: Path, timeout: float = 15.0) -> None:
-    """umount ``path``, retrying while something still holds it open (then raise, never lazy)."""
-    last = ""
-
-    def gone() -> bool:
-        nonlocal last
-        if not is_mounted(path):
-            return True
-        done = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=10, check=False)
-        last = done.stderr.strip()
-        return done.returncode == 0 and not is_mounted(path)
-
-    wait_until(gone, timeout, f"umount {path}", interval=0.2, detail=lambda: last)
 
 
 # ---------------------------------------------------------------- the stack as systemd units
@@ -197,7 +178,7 @@ class SystemdServices:
                     written = int((stack.root / "run" / "php-fpm.pid").read_text(encoding="ascii").strip())
                 except (OSError, ValueError):
                     return False
-                return written == main and _unix_connects(stack.socket_path)
+                return written == main and unix_connects(stack.socket_path)
             port = stack.nginx_port if component == "nginx" else stack.backend_port
             return http_get(port, "/ready", 1.0) == 200
 
@@ -262,16 +243,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="ascii").strip()
     except OSError:
         return ""
-
-
-def _unix_connects(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-        return True
 
 
 def nginx_master(stack: Stack) -> int:

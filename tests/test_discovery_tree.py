@@ -7,15 +7,12 @@ snippets/fastcgi-php.conf) and ``etc/php/<version>/fpm`` (php-fpm.conf, pool.d/w
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
-from exporter.demo.stack import find_binary, free_port, wait_until
+from exporter.demo.stack import find_binary, free_port, stop_process, unix_connects, wait_until
 
 NGINX_BINARY_ENV = "BADGATEWAY_NGINX"
 PHP_FPM_BINARY_ENV = "BADGATEWAY_PHP_FPM"
@@ -68,16 +65,6 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> int | None:
         return None
     finally:
         conn.close()
-
-
-def _connects(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-        return True
 
 
 class Tree:
@@ -275,7 +262,7 @@ pm.max_children = 1
         assert check.returncode == 0, check.stderr.decode()
         self._php = self._spawn([self.php_binary, "-F", "-y", str(self.php_conf)], "php-fpm.stderr")
         proc = self._php
-        wait_until(lambda: proc.poll() is None and _connects(self.socket), _TIMEOUT, "php-fpm")
+        wait_until(lambda: proc.poll() is None and unix_connects(self.socket), _TIMEOUT, "php-fpm")
 
     def start_nginx(self) -> None:
         """``nginx -e LOG -p ROOT/ -c CONF`` until it serves ``/ready``."""
@@ -313,28 +300,14 @@ pm.max_children = 1
 
     def stop_php_fpm(self) -> None:
         """SIGQUIT PHP-FPM and wait for it."""
-        _stop(self._php)
+        stop_process(self._php, signal.SIGQUIT, _TIMEOUT)
         self._php = None
 
     def stop(self) -> None:
         """SIGQUIT both masters (they reap their workers) and wait; SIGKILL after a deadline."""
-        _stop(self._nginx)
-        _stop(self._php)
+        stop_process(self._nginx, signal.SIGQUIT, _TIMEOUT)
+        stop_process(self._php, signal.SIGQUIT, _TIMEOUT)
         self._nginx = self._php = None
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGQUIT)
-        try:
-            proc.wait(timeout=_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=_TIMEOUT)
 
 
 def _escape(text: str) -> str:

@@ -16,7 +16,6 @@ import io
 import json
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +44,7 @@ from exporter.demo.faults import (
     find_fault,
     render_rules,
 )
-from exporter.demo.stack import Stack, StackError, make_root
+from exporter.demo.stack import Stack, StackError, make_root, mount_tmpfs, unmount
 from exporter.logs.metrics import log_families
 from exporter.logs.tailer import LogWatcher
 from exporter.server import Exporter, make_server
@@ -235,29 +234,6 @@ class _Control:
 # ---------------------------------------------------------------- the demo itself
 
 
-def _mount_tmpfs(root: Path, size: str) -> None:
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755,nosuid,nodev", "badgateway-demo", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise StackError(f"cannot mount a tmpfs on {root}: {done.stderr.strip()}")
-
-
-def _umount(root: Path) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        done = subprocess.run(["umount", str(root)], capture_output=True, text=True, timeout=10, check=False)
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise StackError(f"cannot umount {root}: {done.stderr.strip()}")
-        time.sleep(0.2)
-
-
 def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
@@ -277,8 +253,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if args.tmpfs:
                 root.mkdir(parents=True, exist_ok=True)
-                _mount_tmpfs(root, args.tmpfs)
-                exits.callback(_umount, root)
+                mount_tmpfs(root, args.tmpfs, "badgateway-demo")
+                exits.callback(unmount, root)
                 say(f"tmpfs of {args.tmpfs} mounted on {root}")
             stack = Stack(root)
         except (StackError, OSError) as exc:

@@ -33,7 +33,7 @@ import yaml
 
 from exporter import rules
 from exporter.causes import CAUSES, Cause
-from exporter.demo.stack import Stack, StackError, free_port, tail, wait_until
+from exporter.demo.stack import Stack, StackError, free_port, stop_process, tail, wait_until
 
 Component = Literal["php_fpm", "nginx", "backend"]
 COMPONENTS: tuple[Component, ...] = ("php_fpm", "backend", "nginx")
@@ -612,17 +612,7 @@ class ChildProcess:
 
     def stop(self, timeout: float = _PROCESS_TIMEOUT) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout)
+        stop_process(proc, signal.SIGTERM, timeout)
 
 
 def _get_json(url: str, timeout: float = _HTTP_TIMEOUT) -> Any:

@@ -180,7 +180,62 @@ def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _unix_connects(path: Path) -> bool:
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout: float = 10.0) -> None:
+    """Send ``sig`` to a child and wait for it; SIGKILL it (its process group, when it leads one) after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def mount_tmpfs(root: Path, size: str, name: str) -> None:
+    """Mount a tmpfs of ``size`` (e.g. ``32m``) on ``root``; :class:`StackError` with mount's reason."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755,nosuid,nodev", name, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise StackError(f"cannot mount a tmpfs on {root}: {done.stderr.strip()}")
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted exactly on ``path``."""
+    target = str(path)
+    return any(
+        line.split()[4] == target
+        for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    )
+
+
+def unmount(path: Path, timeout: float = 15.0) -> None:
+    """umount ``path``, retrying while something still holds it open (then raise, never lazy)."""
+    last = ""
+
+    def gone() -> bool:
+        nonlocal last
+        if not is_mounted(path):
+            return True
+        done = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=10, check=False)
+        last = done.stderr.strip()
+        return done.returncode == 0 and not is_mounted(path)
+
+    wait_until(gone, timeout, f"umount {path}", interval=0.2, detail=lambda: last)
+
+
+def unix_connects(path: Path) -> bool:
+    """Whether ``connect()`` to the unix socket ``path`` succeeds within half a second."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         try:
@@ -515,7 +570,7 @@ class Stack:
                 pid = int(pid_file.read_text(encoding="ascii").strip())
             except (OSError, ValueError):
                 return False
-            return pid == proc.pid and _unix_connects(self.socket_path)
+            return pid == proc.pid and unix_connects(self.socket_path)
 
         self._await_ready(proc, "php-fpm", ready, self._php_logs())
 
