@@ -582,13 +582,14 @@ def rule_groups(settings: Settings) -> dict[str, Any]:
     specs = alert_specs(settings)
     groups: list[dict[str, Any]] = [
         {"name": "badgateway.recording", "rules": recording_rules(settings)},
+        # The symptom is evaluated in the causes' group, right after them: a healed cause and the
+        # symptom it inhibited then reach Alertmanager resolved together. In a group of its own,
+        # evaluated at another moment of the interval, the symptom could still be firing, and no
+        # longer inhibited, for up to one evaluation interval after its cause resolved.
         {
             "name": "badgateway.causes",
-            "rules": [_alert_rule(s, settings) for s in specs if s.category == "cause"],
-        },
-        {
-            "name": "badgateway.symptoms",
-            "rules": [_alert_rule(s, settings) for s in specs if s.category == "symptom"],
+            "rules": [_alert_rule(s, settings) for s in specs if s.category == "cause"]
+            + [_alert_rule(s, settings) for s in specs if s.category == "symptom"],
         },
         {
             "name": "badgateway.warnings",
