@@ -45,13 +45,13 @@ from exporter.demo.faults import (
     Services,
     WebhookReceiver,
     alertmanager_config,
-    http_get,
     render_rules,
 )
 from exporter.demo.stack import (
     Stack,
     StackError,
     descendants,
+    http_status,
     is_alive,
     make_root,
     mount_tmpfs,
@@ -180,7 +180,7 @@ class SystemdServices:
                     return False
                 return written == main and unix_connects(stack.socket_path)
             port = stack.nginx_port if component == "nginx" else stack.backend_port
-            return http_get(port, "/ready", 1.0) == 200
+            return http_status(port, "/ready", 1.0) == 200
 
         wait_until(ready, 20.0, f"{unit} to serve", interval=0.05, detail=lambda: self._logs(component))
 

@@ -19,12 +19,20 @@ import pytest
 import yaml
 from exporter_harness import cli, running_exporter
 from prometheus_client.core import Metric
-from test_discovery_tree import Tree, http_get
+from test_discovery_tree import Tree
 
 from exporter import server
 from exporter.checks.processes import listening_addresses
 from exporter.config import Config, load_config
-from exporter.demo.stack import ROOT_ENV, StackError, find_binary, free_port, make_root, wait_until
+from exporter.demo.stack import (
+    ROOT_ENV,
+    StackError,
+    find_binary,
+    free_port,
+    http_status,
+    make_root,
+    wait_until,
+)
 from exporter.discovery.metrics import metric_families
 from exporter.server import Exporter
 
@@ -64,7 +72,7 @@ def backends() -> Iterator[tuple[tuple[int, ...], Path]]:
                 )  # fmt: skip
             ports.append(port)
         for port in ports:
-            wait_until(lambda port=port: http_get(port, "/health", 1.0) == 200, 20.0, f"backend on {port}")  # type: ignore[misc]
+            wait_until(lambda port=port: http_status(port, "/health", 1.0) == 200, 20.0, f"backend on {port}")  # type: ignore[misc]
         yield tuple(ports), root
     finally:
         for proc in procs:
@@ -159,7 +167,7 @@ def test_php_80_vs_83_mismatch(make_tree: TreeFactory, backends: tuple[tuple[int
     tree = make_tree(php_version="8.0", nginx_php_version="8.3")
     tree.start_php_fpm()
     tree.start_nginx()
-    assert http_get(tree.port, "/index.php") == 502  # the real symptom
+    assert http_status(tree.port, "/index.php") == 502  # the real symptom
     assert tree.php_fpm_pid is not None and tree.nginx_pid is not None
 
     path = write(tree, ports)
@@ -200,7 +208,7 @@ def test_php_80_vs_83_mismatch(make_tree: TreeFactory, backends: tuple[tuple[int
     tree.site.write_text(tree.site.read_text().replace(str(tree.nginx_socket), str(tree.socket)))
     assert tree.nginx_pid is not None
     os.kill(tree.nginx_pid, signal.SIGHUP)
-    wait_until(lambda: http_get(tree.port, "/index.php") == 200, 15.0, "nginx to reload")
+    wait_until(lambda: http_status(tree.port, "/index.php") == 200, 15.0, "nginx to reload")
 
 
 def test_pool_listen_owner_wrong(make_tree: TreeFactory, backends: tuple[tuple[int, ...], Path]) -> None:
@@ -224,7 +232,7 @@ def test_pool_listen_owner_wrong(make_tree: TreeFactory, backends: tuple[tuple[i
     assert f"listen.owner = nobody (line {owner_line})" in " ".join(pool[0]["evidence"])  # type: ignore[arg-type]
     assert f"in {tree.pool_conf}, line {owner_line}: listen.owner = www-data" in pool[0]["fix"][0]  # type: ignore[index]
     # And it is right: nginx really answers 502 (13: Permission denied).
-    assert http_get(tree.port, "/index.php") == 502
+    assert http_status(tree.port, "/index.php") == 502
     assert "(13: Permission denied)" in tree.nginx_error_log.read_text()
 
     # With PHP-FPM stopped there is no socket to look at; the pool file still says it.
@@ -240,7 +248,7 @@ def test_pool_without_ping_and_status(make_tree: TreeFactory, backends: tuple[tu
     )
     tree.start_php_fpm()
     tree.start_nginx()
-    assert http_get(tree.port, "/index.php") == 200
+    assert http_status(tree.port, "/index.php") == 200
     path = write(tree, ports)
     config = load_config(str(path))
     pool = next(p for p in config.php_fpm if p.socket == str(tree.socket))
@@ -276,7 +284,7 @@ def test_upstream_with_two_servers(make_tree: TreeFactory, backends: tuple[tuple
         c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr
     }
     assert set(ports) <= listening
-    assert http_get(tree.port, "/api/health") == 200
+    assert http_status(tree.port, "/api/health") == 200
     origin = config.discovered.origins if config.discovered else {}
     upstream_file = tree.etc_nginx / "conf.d" / "upstream.conf"
     assert str(origin["http[1].url"]).startswith(
@@ -310,7 +318,7 @@ def test_config_with_syntax_error(make_tree: TreeFactory, backends: tuple[tuple[
     text = tree.site.read_text()
     tree.site.write_text(text.replace("index index.php;", "index index.php"))
     broken_line = tree.line_of(tree.site, "index index.php")
-    assert http_get(tree.port, "/index.php") == 200
+    assert http_status(tree.port, "/index.php") == 200
 
     path = write(tree, ports)
     config = load_config(str(path))  # never raises for a broken nginx file
@@ -384,7 +392,7 @@ def test_running_exporter_rediscovers_when_nginx_changes(
         assert tree.nginx_pid is not None
         os.kill(tree.nginx_pid, signal.SIGHUP)
         wait_until(
-            lambda: http_get(tree.port, "/index.php") == 502, 15.0, "nginx to reload onto the other socket"
+            lambda: http_status(tree.port, "/index.php") == 502, 15.0, "nginx to reload onto the other socket"
         )
         _, after = exporter.check(5.0)
     finally:

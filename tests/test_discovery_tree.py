@@ -7,12 +7,11 @@ snippets/fastcgi-php.conf) and ``etc/php/<version>/fpm`` (php-fpm.conf, pool.d/w
 
 from __future__ import annotations
 
-import http.client
 import signal
 import subprocess
 from pathlib import Path
 
-from exporter.demo.stack import find_binary, free_port, stop_process, unix_connects, wait_until
+from exporter.demo.stack import find_binary, free_port, http_status, stop_process, unix_connects, wait_until
 
 NGINX_BINARY_ENV = "BADGATEWAY_NGINX"
 PHP_FPM_BINARY_ENV = "BADGATEWAY_PHP_FPM"
@@ -51,20 +50,6 @@ fastcgi_param SERVER_PORT $server_port;
 fastcgi_param SERVER_NAME $server_name;
 fastcgi_param REDIRECT_STATUS 200;
 """
-
-
-def http_get(port: int, path: str, timeout: float = 5.0) -> int | None:
-    """Status of GET ``path`` on 127.0.0.1:``port``; None when nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
 
 
 class Tree:
@@ -280,7 +265,7 @@ pm.max_children = 1
         self._nginx = self._spawn(argv, "nginx.stderr")
         proc = self._nginx
         wait_until(
-            lambda: proc.poll() is None and http_get(self.port, "/ready", 1.0) == 200, _TIMEOUT, "nginx"
+            lambda: proc.poll() is None and http_status(self.port, "/ready", 1.0) == 200, _TIMEOUT, "nginx"
         )
 
     @property

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import json
-import signal
 import socket
 import sys
 import tempfile
@@ -22,11 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
 
+from exporter.cli import render_text, stop_on_signals
 from exporter.config import ConfigError, config_from_dict
 from exporter.demo import faults
 from exporter.demo.faults import (
@@ -235,14 +234,7 @@ class _Control:
 
 
 def _run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     root = args.dir.resolve() if args.dir else make_root("badgateway-demo-")
     started = time.monotonic()
 
@@ -329,8 +321,6 @@ def _serve(
     alerting = "" if args.no_alerting else _start_alerting(root, f"{host}:{port}", exits, control, say)
     POINTER.write_text(str(root), encoding="utf-8")
     exits.callback(_remove_pointer, root)
-
-    from exporter.cli import render_text
 
     _, diagnosis = exporter.check(config.scrape_timeout_seconds)
     print(

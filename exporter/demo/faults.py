@@ -33,7 +33,7 @@ import yaml
 
 from exporter import rules
 from exporter.causes import CAUSES, Cause
-from exporter.demo.stack import Stack, StackError, free_port, stop_process, tail, wait_until
+from exporter.demo.stack import Stack, StackError, free_port, http_status, stop_process, tail, wait_until
 
 Component = Literal["php_fpm", "nginx", "backend"]
 COMPONENTS: tuple[Component, ...] = ("php_fpm", "backend", "nginx")
@@ -110,20 +110,6 @@ class ProcessServices:
 # ---------------------------------------------------------------- bounded HTTP clients
 
 
-def http_get(port: int, path: str, timeout: float) -> int | None:
-    """GET over plain http.client on loopback (no proxy settings apply); the status, or None."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
 class RequestLoop:
     """``threads`` threads each sending GETs of ``paths`` in turn, paced, bounded in count and time."""
 
@@ -171,7 +157,7 @@ class RequestLoop:
         while not self._stop.is_set() and time.monotonic() < deadline and self._take():
             path = self.paths[index % len(self.paths)]
             index += 1
-            status = http_get(self.port, path, self.timeout)
+            status = http_status(self.port, path, self.timeout)
             key = str(status) if status is not None else "error"
             with self._lock:
                 self.statuses[key] = self.statuses.get(key, 0) + 1
@@ -600,7 +586,7 @@ class ChildProcess:
             if proc.poll() is not None:
                 raise StackError(f"{self.name} exited with {proc.returncode}\n{tail(self.log)}")
             host, _, rest = self.ready_url.removeprefix("http://").partition("/")
-            return http_get(int(host.rpartition(":")[2]), "/" + rest, 1.0) == 200
+            return http_status(int(host.rpartition(":")[2]), "/" + rest, 1.0) == 200
 
         try:
             wait_until(

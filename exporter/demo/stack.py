@@ -258,6 +258,12 @@ def _http_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes] |
         conn.close()
 
 
+def http_status(port: int, path: str, timeout: float = 5.0) -> int | None:
+    """The status of a GET of ``path`` on 127.0.0.1:``port``; None when nothing answers."""
+    answer = _http_get(port, path, timeout)
+    return answer[0] if answer is not None else None
+
+
 def _render(name: str, values: dict[str, str]) -> str:
     text = resources.files("exporter.demo").joinpath("templates", name).read_text(encoding="utf-8")
     for key, value in values.items():
@@ -670,15 +676,7 @@ class Stack:
         if check.returncode != 0:
             output = (check.stdout + check.stderr).decode("utf-8", "replace")
             raise StackError(f"nginx -t failed ({check.returncode}):\n{output}")
-        argv = [
-            self.nginx_binary,
-            "-e",
-            str(self.nginx_error_log),
-            "-p",
-            f"{self.root}/",
-            "-c",
-            str(self.nginx_conf),
-        ]
+        argv = self.nginx_argv()
         proc = self._spawn(argv, "nginx.stderr.log")
         self._nginx = proc
 
