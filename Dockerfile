@@ -4,9 +4,10 @@
 # install steps are the commands scripts/setup runs and lints the shell of every RUN with shellcheck.
 
 FROM debian:12-slim AS build
-# the same apt-get and pip commands as scripts/setup (runtime subset: no test stack, no [dev] extra)
+# the same apt-get and pip commands as scripts/setup (runtime subset: no test stack, no [dev] extra;
+# the C compiler builds the native log scan, exporter/logs/_scan.c, and stays in this stage)
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates python3 python3-venv \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates python3 python3-venv gcc libc6-dev python3-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY exporter /src/exporter

@@ -17,7 +17,10 @@ from exporter.logs.classify import (
     classify_phpfpm,
     detect_source,
     line_time,
+    nginx_key,
+    split_block,
     tally_nginx,
+    tally_nginx_block,
     upstream_address,
 )
 from exporter.logs.tailer import LineSplitter
@@ -567,6 +570,81 @@ def test_splitter_any_chunking_gives_the_same_lines(data: bytes, cuts: list[int]
     assert lines == expected
     assert splitter.consumed == data.rfind(b"\n") + 1
     assert splitter.flush() == ([data.split(b"\n")[-1]] if data.split(b"\n")[-1] else [])
+
+
+def test_native_scan_is_built() -> None:
+    """scripts/setup installs a C compiler, so the native scan must be there (and used)."""
+    assert c.NATIVE_SCAN, "exporter/logs/_scan.c was not built: pip install needs gcc and python3-dev"
+
+
+def python_scan(
+    block: bytes, max_line: int
+) -> tuple[int, list[tuple[tuple[bytes, bytes], int]], list[bytes]]:
+    """What the native scan must return, computed with the pure-Python functions."""
+    lines = block.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    keyed: dict[tuple[bytes, bytes], int] = {}
+    other: list[bytes] = []
+    for line in (line[:max_line] for line in lines):
+        key = nginx_key(line)
+        if key is not None:
+            keyed[key] = keyed.get(key, 0) + 1
+        elif b"upstream" in line:
+            other.append(line)
+    return len(lines), list(keyed.items()), other
+
+
+TOKENS = [
+    b": *", b"*", b"77", b" ", b", client: ", b", ", b"upstream", b'upstream: "', b'"', b"unix:", b":",
+    b"/", b"//", b"http://", b"fastcgi://", b"[::1]:8080", b"127.0.0.1", b"x", b"\n", b"\r",
+    b"connect() to ", b" failed (111: Connection refused)", READ_TIMEOUT.encode(),
+]  # fmt: skip
+token_lines = st.lists(st.sampled_from(TOKENS) | st.binary(max_size=8), max_size=40).map(b"".join)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(token_lines | st.sampled_from([line for line, _, _ in NGINX_TABLE]), max_size=30),
+    newline_at_end=st.booleans(),
+    max_line=st.sampled_from([64 * 1024, 200, 40, 0]),
+)
+def test_native_scan_equals_python(lines: list[bytes], newline_at_end: bool, max_line: int) -> None:
+    if not c.NATIVE_SCAN:
+        pytest.skip("native scan not built")
+    from exporter.logs._scan import scan_nginx
+
+    block = b"\n".join(lines) + (b"\n" if newline_at_end and lines else b"")
+    lines_count, keyed, other = scan_nginx(block, max_line)
+    assert (lines_count, list(keyed.items()), other) == python_scan(block, max_line)
+    assert scan_nginx(memoryview(block), max_line)[0] == lines_count
+
+
+def test_native_scan_rejects_bad_arguments() -> None:
+    if not c.NATIVE_SCAN:
+        pytest.skip("native scan not built")
+    from exporter.logs._scan import scan_nginx
+
+    with pytest.raises(TypeError):
+        scan_nginx("text", 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_line"):
+        scan_nginx(b"x", -1)
+    with pytest.raises(TypeError):
+        scan_nginx(b"x")  # type: ignore[call-arg]
+
+
+@given(lines=st.lists(st.sampled_from([line for line, _, _ in NGINX_TABLE]) | token_lines, max_size=40))
+def test_block_tally_equals_line_by_line(lines: list[bytes]) -> None:
+    """The tailer's path (native scan, keys classified once) counts what classify_nginx says per line."""
+    block = b"".join(line + b"\n" for line in lines)
+    counts: dict[tuple[str, str | None], int] = {}
+    assert tally_nginx_block(block, counts) == len(split_block(block))
+    expected: dict[tuple[str, str | None], int] = {}
+    for line in split_block(block):
+        kind, upstream = classify_nginx(line)
+        if kind != "none":
+            expected[kind, upstream] = expected.get((kind, upstream), 0) + 1
+    assert counts == expected
 
 
 def test_address_cache_memory_is_bounded() -> None:

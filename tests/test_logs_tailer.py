@@ -18,10 +18,19 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
 from exporter.config import LogSettings
+from exporter.logs import classify
 from exporter.logs.metrics import metric_families
 from exporter.logs.tailer import LogCounters, LogSnapshot, LogWatcher
 
 SOCK = "unix:/run/php/php8.3-fpm.sock"
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def scan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the native scan (exporter/logs/_scan.c) and without it."""
+    if request.param == "python":
+        monkeypatch.setattr(classify, "_native_scan", None)
+    return str(request.param)
 
 
 def line(n: int, kind: str = "timeout", upstream: str = "fastcgi://unix:/run/php/php8.3-fpm.sock:") -> bytes:

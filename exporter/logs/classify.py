@@ -10,7 +10,7 @@ never a regular expression.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Literal
 
 # -- nginx kinds ---------------------------------------------------------------------------------
@@ -98,6 +98,13 @@ _UPSTREAM_CONTEXT: Final[tuple[bytes, ...]] = (b" to upstream", b" from upstream
 
 _CACHE_LIMIT: Final = 4096
 _address_cache: dict[bytes, str | None] = {}
+_key_cache: dict[tuple[bytes, bytes], tuple[str, str | None]] = {}
+
+Block = bytes | memoryview
+"""Whole lines, each ending in a newline (the last one may lack it)."""
+
+NginxKey = tuple[bytes, bytes]
+"""``(message, upstream)`` of a line in nginx's own shape: see :func:`nginx_key`."""
 
 
 def classify_nginx(line: bytes) -> tuple[str, str | None]:
@@ -107,100 +114,133 @@ def classify_nginx(line: bytes) -> tuple[str, str | None]:
     ``127.0.0.1:8000``, ``[::1]:8080``) or None when the line names none or is not an upstream
     failure (``kind == "none"``).
     """
+    line = line.rstrip(b"\r\n")
     if b"upstream" not in line:
         return NONE, None
-    counts: dict[tuple[str, str | None], int] = {}
-    tally_nginx((line.rstrip(b"\r\n"),), counts)
-    if not counts:
-        return NONE, None
-    return next(iter(counts))
+    key = nginx_key(line)
+    return _classify_general(line) if key is None else classify_key(*key)
+
+
+def nginx_key(line: bytes) -> NginxKey | None:
+    """The parts of a line in nginx's own shape that decide its kind and upstream, else None.
+
+    nginx writes ``... PID#TID: *CID MESSAGE, client: ..., upstream: "ADDRESS/URI", ...``: the
+    key is ``MESSAGE`` and the upstream field cut before its URI (after ``unix:PATH`` or at the
+    first ``/`` past the scheme), so that lines differing only in client, request or URI share
+    one key. The field is the first one after ``, client: ``: what a client sends (request,
+    host, referrer) cannot put one before it. ``_scan.c`` computes the same key in C.
+    """
+    find = line.find
+    p = find(b": *", 0, 512)
+    if p < 0:
+        return None
+    space = find(b" ", p + 3, p + 24)
+    if space < 0:
+        return None
+    client = find(b", client: ", space + 1)
+    if client < 0:
+        return None
+    field = find(b'upstream: "', client)
+    if field < 0:
+        return None
+    s = field + 11
+    e = find(b'"', s)
+    if e < 0:
+        return None
+    unix = find(b"unix:", s, min(s + 16, e))
+    stop = find(b":", unix + 5, e) if unix >= 0 else find(b"/", s + 10, e)
+    return line[space + 1 : client], line[s : stop if stop >= 0 else e]
+
+
+def classify_key(message: bytes, upstream: bytes) -> tuple[str, str | None]:
+    """``(kind, upstream)`` of the lines whose :func:`nginx_key` is ``(message, upstream)``."""
+    key = (message, upstream)
+    cached = _key_cache.get(key)
+    if cached is not None:
+        return cached
+    kind = _message_kind(message, len(message))
+    value = (NONE, None) if kind is NONE else (kind, upstream_address(upstream) or _connect_address(message))
+    if len(_key_cache) >= _CACHE_LIMIT:
+        _key_cache.clear()
+    _key_cache[key] = value
+    return value
 
 
 def tally_nginx(lines: Iterable[bytes], counts: dict[tuple[str, str | None], int]) -> int:
     """Add each upstream failure among ``lines`` to ``counts[(kind, upstream)]``; return how many.
 
-    Lines of kind ``none`` are not added. This is the hot path of the tailer and of
-    ``logs analyze``: nginx's own line shape (``... [error] PID#TID: *CID message``) is
-    dispatched on the first bytes of the message with a handful of ``bytes.find`` calls; any
-    other shape goes through :func:`_classify_general`, which searches the whole message.
+    Lines of kind ``none`` are not added. Lines are grouped by :func:`nginx_key` and each
+    distinct key is classified once; lines of any other shape are classified one by one.
     """
-    get = counts.get
-    prefixes = _PREFIXES
-    errno_kind = _ERRNO_KIND
-    cache = _address_cache
-    general = _classify_general
-    found = 0
+    keyed: dict[NginxKey, int] = {}
+    other: list[bytes] = []
     for line in lines:
         if b"upstream" not in line:
             continue
-        find = line.find
-        p = find(b": *", 0, 512)
-        m = find(b" ", p + 3, p + 24) + 1 if p >= 0 else 0
-        code = prefixes.get(line[m : m + 12], 0) if m > 0 else 0
-        if code == 1 and line.startswith(b"upstream timed out", m):
-            # upstream timed out (...) while connecting/reading/sending/SSL handshaking
-            w = find(b" while ", m + 18, m + 160)
-            what = line[w + 7 : w + 8] if w > 0 else b""
-            kind = CONNECT_TIMEOUT if what == b"c" else SSL_HANDSHAKE_FAILED if what == b"S" else READ_TIMEOUT
-        elif (
-            code == 3 and (c := find(b":", m + 18, m + 24)) > 0 and line.startswith(b"connect() failed (", m)
-        ):
-            errno = line[m + 18 : c]
-            kind = CONNECT_TIMEOUT if errno == b"110" else errno_kind.get(errno, OTHER_UPSTREAM)
-        elif code == 2:  # connect() to ADDRESS failed (N: ...)
-            f = find(b" failed (", m + 13, m + 4109)
-            c = find(b":", f + 9, f + 15) if f >= 0 else -1
-            if c < 0:
-                key = general(line)
-            else:
-                errno = line[f + 9 : c]
-                kind = CONNECT_TIMEOUT if errno == b"110" else errno_kind.get(errno, OTHER_UPSTREAM)
-                key = (kind, _field_address(line, m) or upstream_address(line[m + 13 : f]))
-            counts[key] = get(key, 0) + 1
+        key = nginx_key(line)
+        if key is None:
+            other.append(line)
+        else:
+            keyed[key] = keyed.get(key, 0) + 1
+    return _add_up(keyed, other, counts)
+
+
+def tally_nginx_block(block: Block, counts: dict[tuple[str, str | None], int]) -> int:
+    """:func:`tally_nginx` over the lines of ``block`` (see ``LineSplitter.feed_block``).
+
+    Returns how many lines the block holds. Uses the native scan (``exporter.logs._scan``) when
+    it was built, which reads the block without making one Python object per line.
+    """
+    if _native_scan is not None:
+        lines, keyed, other = _native_scan(block, MAX_LINE_BYTES)
+        _add_up(keyed, other, counts)
+        return lines
+    split = split_block(block)
+    tally_nginx(split, counts)
+    return len(split)
+
+
+def split_block(block: Block) -> list[bytes]:
+    """The lines of a block, each cut to ``MAX_LINE_BYTES``."""
+    lines = bytes(block).split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    if lines and max(map(len, lines)) > MAX_LINE_BYTES:
+        lines = [line[:MAX_LINE_BYTES] for line in lines]
+    return lines
+
+
+def _add_up(
+    keyed: Mapping[NginxKey, int], other: Iterable[bytes], counts: dict[tuple[str, str | None], int]
+) -> int:
+    found = 0
+    for (message, upstream), n in keyed.items():
+        kind, address = classify_key(message, upstream)
+        if kind is not NONE:
+            counts[kind, address] = counts.get((kind, address), 0) + n
+            found += n
+    for line in other:
+        kind, address = _classify_general(line)
+        if kind is not NONE:
+            counts[kind, address] = counts.get((kind, address), 0) + 1
             found += 1
-            continue
-        elif code == 4:  # recv()/readv()/writev()/send() failed (N: ...) while ... upstream
-            f = find(b"failed (", m, m + 24)
-            c = find(b":", f + 8, f + 14) if f >= 0 else -1
-            if c < 0 or find(b"upstream, client: ", f) < 0:
-                key = general(line)
-                if key[0] is not NONE:
-                    counts[key] = get(key, 0) + 1
-                    found += 1
-                continue
-            errno = line[f + 8 : c]
-            kind = (
-                CONNECTION_RESET if errno == b"104" else READ_TIMEOUT if errno == b"110" else OTHER_UPSTREAM
-            )
-        elif code == 5 and line.startswith(b"upstream prematurely closed", m):
-            kind = PREMATURE_CLOSE
-        elif code == 6 and line.startswith(b"no live upstreams", m):
-            kind = NO_LIVE_UPSTREAMS
-        else:
-            key = general(line)
-            if key[0] is not NONE:
-                counts[key] = get(key, 0) + 1
-                found += 1
-            continue
-        # upstream: "scheme://address/uri" -- cut the URI before the cache lookup.
-        address = None
-        k = find(b'upstream: "', m)
-        if k >= 0:
-            s = k + 11
-            e = find(b'"', s)
-            if e > s:
-                u = find(b"unix:", s, s + 16)
-                stop = find(b":", u + 5, e) if u >= 0 else find(b"/", s + 10, e)
-                raw = line[s : stop if stop > 0 else e]
-                address = cache.get(raw)
-                if address is None:
-                    address = upstream_address(raw)
-        else:
-            address = _escaped_field_address(line, m)
-        key = (kind, address)
-        counts[key] = get(key, 0) + 1
-        found += 1
     return found
+
+
+NativeScan = Callable[[Block, int], tuple[int, dict[NginxKey, int], list[bytes]]]
+
+
+def _load_native_scan() -> NativeScan | None:
+    try:
+        from exporter.logs._scan import scan_nginx
+    except ImportError:  # built without a C compiler: the pure-Python path counts the same
+        return None
+    return scan_nginx
+
+
+_native_scan: NativeScan | None = _load_native_scan()
+NATIVE_SCAN: Final = _native_scan is not None
+"""Whether the native scan of ``exporter/logs/_scan.c`` was built and is used."""
 
 
 def _escaped_field_address(line: bytes, start: int) -> str | None:
@@ -225,27 +265,35 @@ def _field_address(line: bytes, start: int) -> str | None:
     return upstream_address(line[s:e])
 
 
-_PREFIXES: Final[dict[bytes, int]] = {
-    b"upstream tim": 1,
-    b"connect() to": 2,
-    b"connect() fa": 3,
-    b"recv() faile": 4,
-    b"readv() fail": 4,
-    b"writev() fai": 4,
-    b"send() faile": 4,
-    b"upstream pre": 5,
-    b"no live upst": 6,
-}
+def _connect_address(message: bytes) -> str | None:
+    """The ``X`` of ``connect() to X failed`` in a message, normalised."""
+    k = message.find(b"connect() to ")
+    if k >= 0:
+        e = message.find(b" failed", k + 13)
+        if e > k + 13:
+            return upstream_address(message[k + 13 : e])
+    return None
 
 
 def _classify_general(line: bytes) -> tuple[str, str | None]:
-    find = line.find
-    end = find(b", client: ")
+    """Classify a line of any shape (Docker JSON, no client field, cut short) by its content."""
+    end = line.find(b", client: ")
     if end < 0:
         end = len(line)
+    kind = _message_kind(line, end)
+    if kind is NONE:
+        return NONE, None
+    # The upstream: "..." field follows client/server/request, all written by nginx; taking the
+    # first occurrence after the message keeps a hostile referrer from choosing the label.
+    return kind, _field_address(line, end) or _connect_address(line[:end])
+
+
+def _message_kind(line: bytes, end: int) -> str:
+    """The kind named by ``line[:end]``, nginx's message (and whatever precedes it)."""
+    find = line.find
     if find(b"sent in stderr", 0, end) >= 0:
         # FastCGI stderr: PHP's own output ("Primary script unknown", PHP warnings), may say anything.
-        return NONE, None
+        return NONE
     if (i := find(b"upstream timed out", 0, end)) >= 0:
         w = find(b" while ", i + 18, end)
         what = line[w + 7 : w + 8] if w > 0 else b""
@@ -254,7 +302,7 @@ def _classify_general(line: bytes) -> tuple[str, str | None]:
         kind = SSL_HANDSHAKE_FAILED
     elif (i := find(b"failed (", 0, end)) >= 0:
         if find(b"upstream", i, end) < 0:
-            return NONE, None
+            return NONE
         j = find(b":", i + 8, i + 14)
         errno = line[i + 8 : j] if j > 0 else b""
         if errno == b"110":
@@ -277,28 +325,18 @@ def _classify_general(line: bytes) -> tuple[str, str | None]:
     else:
         for phrase in _NOT_FAILURES:
             if find(phrase, 0, end) >= 0:
-                return NONE, None
+                return NONE
         for phrase in _UPSTREAM_CONTEXT:
             if find(phrase, 0, end) >= 0:
                 kind = OTHER_UPSTREAM
                 break
         else:
-            return NONE, None
+            return NONE
     if kind == OTHER_UPSTREAM:
         for phrase in _NOT_FAILURES:
             if find(phrase, 0, end) >= 0:
-                return NONE, None
-    # The upstream: "..." field follows client/server/request, all written by nginx; taking the
-    # first occurrence after the message keeps a hostile referrer from choosing the label.
-    address = _field_address(line, end)
-    if address is not None:
-        return kind, address
-    k = find(b"connect() to ", 0, end)
-    if k >= 0:
-        e = find(b" failed", k + 13, end)
-        if e > k + 13:
-            return kind, upstream_address(line[k + 13 : e])
-    return kind, None
+                return NONE
+    return kind
 
 
 def upstream_address(raw: bytes) -> str | None:

@@ -21,11 +21,23 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from exporter.config import LogSettings
-from exporter.logs.classify import MAX_LINE_BYTES, NONE, Source, classify_phpfpm, tally_nginx
+from exporter.logs.classify import (
+    MAX_LINE_BYTES,
+    NONE,
+    Block,
+    Source,
+    classify_phpfpm,
+    split_block,
+    tally_nginx,
+    tally_nginx_block,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES: Final = 1 << 20
+"""Read size while a file has much to read."""
+IDLE_CHUNK_BYTES: Final = 64 << 10
+"""Read size otherwise: the buffer an idle watcher keeps."""
 POLL_BUDGET_BYTES: Final = 64 << 20
 """At most this much is read from one file per poll, so that one busy log cannot starve the rest."""
 HEAD_BYTES: Final = 256
@@ -121,42 +133,58 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the lines completed by ``data`` (without their newlines)."""
+        return [line for block in self.feed_blocks(data) for line in split_block(block)]
+
+    def feed_blocks(self, data: bytes | bytearray, size: int | None = None) -> list[Block]:
+        """Return the lines completed by ``data[:size]`` as blocks of lines ending in newlines.
+
+        Blocks may be views of ``data``: use them before ``data`` changes. A complete line over
+        64 KiB stays whole in its block (the reader cuts it); an unfinished one that is already
+        over 64 KiB is cut here and ends the last block.
+        """
+        end = len(data) if size is None else size
+        start = 0
         if self.skipping:
-            nl = data.find(b"\n")
+            nl = data.find(b"\n", 0, end)
             if nl < 0:
-                self.consumed += len(data)
+                self.consumed += end
                 return []
             self.consumed += nl + 1
-            data = data[nl + 1 :]
+            start = nl + 1
             self.skipping = False
-        buf = self.partial + data if self.partial else data
-        last = buf.rfind(b"\n")
-        if last < 0:
-            lines: list[bytes] = []
-            rest = buf
-        else:
-            lines = buf[:last].split(b"\n")
-            rest = buf[last + 1 :]
-            self.consumed += last + 1
-            if max(map(len, lines)) > MAX_LINE_BYTES:
-                lines = [line[:MAX_LINE_BYTES] for line in lines]
-        if len(rest) > MAX_LINE_BYTES:
-            lines.append(rest[:MAX_LINE_BYTES])
+        blocks: list[Block] = []
+        last = data.rfind(b"\n", start, end) + 1
+        if last > 0:
+            if self.partial:
+                nl = data.find(b"\n", start, end) + 1
+                blocks.append(self.partial + data[start:nl])
+                self.consumed += len(self.partial) + nl - start
+                self.partial = b""
+                start = nl
+            if last > start:
+                blocks.append(memoryview(data)[start:last])
+                self.consumed += last - start
+                start = last
+        if len(self.partial) + end - start > MAX_LINE_BYTES:
+            rest = self.partial + data[start:end]
+            blocks.append(rest[:MAX_LINE_BYTES] + b"\n")
             self.consumed += len(rest)
             self.partial = b""
             self.skipping = True
-        else:
-            self.partial = rest
-        return lines
+        elif end > start:
+            self.partial += data[start:end]
+        return blocks
 
     def flush(self) -> list[bytes]:
         """End of a file that will not grow any more: its unterminated last line counts."""
+        return split_block(self.flush_block())
+
+    def flush_block(self) -> bytes:
+        """:meth:`flush` as a block (see :meth:`feed_blocks`)."""
         rest, self.partial = self.partial, b""
         self.skipping = False
-        if not rest:
-            return []
         self.consumed += len(rest)
-        return [rest]
+        return rest + b"\n" if rest else b""
 
 
 @dataclass
@@ -201,6 +229,7 @@ class LogWatcher:
         self._next_save = 0.0
         self._state = self._load_state()
         self._stopped = False
+        self._buffer = bytearray(IDLE_CHUNK_BYTES)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -266,6 +295,8 @@ class LogWatcher:
         if now >= self._next_save:
             self._save_state()
             self._next_save = now + SAVE_INTERVAL_SECONDS
+        if len(self._buffer) > IDLE_CHUNK_BYTES:
+            self._buffer = bytearray(IDLE_CHUNK_BYTES)
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -401,8 +432,23 @@ class LogWatcher:
 
     def _drain(self, fd: int, tail: _Tail, splitter: LineSplitter) -> None:
         """Read a file that is no longer at its path from the splitter's position to its end."""
-        while data := os.pread(fd, CHUNK_BYTES, splitter.position):
-            self._count(tail, splitter.feed(data))
+        while True:
+            buffer, size = self._read_chunk(fd, splitter.position)
+            if not size:
+                return
+            for block in splitter.feed_blocks(buffer, size):
+                self._count(tail, block)
+
+    def _read_chunk(self, fd: int, position: int) -> tuple[bytearray, int]:
+        """Read at ``position`` into the watcher's buffer: the buffer and how much was read.
+
+        The blocks of one chunk are views of the buffer and are counted before the next read.
+        """
+        buffer = self._buffer
+        size = os.preadv(fd, [buffer], position)
+        if size == len(buffer) < CHUNK_BYTES:
+            self._buffer = bytearray(CHUNK_BYTES)  # a busy file: read the rest in big chunks
+        return buffer, size
 
     def _read_active(self, tail: _Tail) -> None:
         """Read what is new in the file at ``tail.path``, at most ``POLL_BUDGET_BYTES`` per poll."""
@@ -411,34 +457,36 @@ class LogWatcher:
         while budget > 0:
             splitter = tail.splitter
             position = splitter.position
-            data = os.pread(tail.fd, CHUNK_BYTES, position)
-            if not data:
+            buffer, size = self._read_chunk(tail.fd, position)
+            if not size:
                 return
             if position == 0 and not tail.head:
-                tail.head = data[:HEAD_BYTES]
+                tail.head = bytes(buffer[: min(size, HEAD_BYTES)])
             elif not self._head_ok(tail):
                 # Truncated after our last check: what we read may be the new content.
                 self._truncated(tail)
                 continue
-            budget -= len(data)
-            self._count(tail, splitter.feed(data))
+            budget -= size
+            for block in splitter.feed_blocks(buffer, size):
+                self._count(tail, block)
             if self._stop.is_set() and self._thread is not None:
                 return
 
-    def _count(self, tail: _Tail, lines: list[bytes]) -> None:
-        if not lines:
+    def _count(self, tail: _Tail, block: Block) -> None:
+        if not block:
             return
         if tail.source == "nginx":
             found: dict[tuple[str, str | None], int] = {}
-            tally_nginx(lines, found)
-            self._merge_nginx(tail.path, len(lines), found)
+            lines = tally_nginx_block(block, found)
+            self._merge_nginx(tail.path, lines, found)
         else:
             events: dict[tuple[str | None, str], int] = {}
-            for line in lines:
+            split = split_block(block)
+            for line in split:
                 event, pool, _signal = classify_phpfpm(line)
                 key = (pool, event)
                 events[key] = events.get(key, 0) + 1
-            self._merge_phpfpm(tail.path, len(lines), events)
+            self._merge_phpfpm(tail.path, len(split), events)
 
     def _merge_nginx(self, path: str, lines: int, found: Mapping[tuple[str, str | None], int]) -> None:
         limit = self.settings.max_upstreams
@@ -477,7 +525,7 @@ class LogWatcher:
     def _finish_retired(self, retired: _Retired) -> None:
         try:
             self._drain(retired.fd, retired.tail, retired.splitter)
-            self._count(retired.tail, retired.splitter.flush())
+            self._count(retired.tail, retired.splitter.flush_block())
             self._remember(retired.tail.dev, retired.tail.ino, b"", retired.splitter)
         except OSError as exc:
             self._read_error(retired.tail, time.monotonic(), exc)
@@ -511,7 +559,7 @@ class LogWatcher:
                     self._drain(fd, tail, splitter)
                 finally:
                     os.close(fd)
-        self._count(tail, splitter.flush())
+        self._count(tail, splitter.flush_block())
 
     def _find_copy(self, path: str, head: bytes, offset: int, exclude: tuple[int, int]) -> str | None:
         """The rotated copy of ``path``: a sibling named after it that starts with ``head``."""

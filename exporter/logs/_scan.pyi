@@ -1,0 +1,3 @@
+def scan_nginx(
+    block: bytes | memoryview, max_line: int, /
+) -> tuple[int, dict[tuple[bytes, bytes], int], list[bytes]]: ...
