@@ -90,7 +90,7 @@ def main() -> int:
         check = UnitsCheck(UNITS, bus_address=harness.bus_address)
         try:
             _measure(check, 10, reconnect=False)  # warm-up
-            print(f"units check: {len(UNITS)} units against real systemd over D-Bus (jeepney)")
+            print(f"units check: {len(UNITS)} units against real systemd over D-Bus")
             p50 = _report("kept connection (steady state)", _measure(check, args.runs, reconnect=False))
             _report("new connection every run", _measure(check, args.runs, reconnect=True))
         finally:

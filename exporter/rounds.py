@@ -77,18 +77,20 @@ class Prober:
         self.config = config
         unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
         self._http_checks = [HttpCheck(target) for target in config.http]
-        self._tasks: list[_Task] = [
-            _Task(SocketsCheck.collector, SocketsCheck(unix_sockets, config.nginx_user).run),
-            _Task(ProcessesCheck.collector, ProcessesCheck(config.processes).run),
-            _Task(ResourcesCheck.collector, ResourcesCheck(config.filesystems).run),
-        ]
+        # Checks that wait for a peer (backend, PHP-FPM, systemd) start first, so their requests are
+        # in flight while the local checks, which only need the CPU, run.
+        self._tasks: list[_Task] = [_Task(HttpCheck.collector, check.run) for check in self._http_checks]
         self._tasks += [_Task(FastCGICheck.collector, FastCGICheck(pool).run) for pool in config.php_fpm]
-        self._tasks += [_Task(HttpCheck.collector, check.run) for check in self._http_checks]
         self._units_check: UnitsCheck | None = None
         if config.units.enabled:
             names = [config.units.nginx, config.units.php_fpm or "php-fpm.service", config.units.backend]
             self._units_check = UnitsCheck(names, config.units.bus_address)
             self._tasks.append(_Task(UnitsCheck.collector, self._units_check.run))
+        self._tasks += [
+            _Task(SocketsCheck.collector, SocketsCheck(unix_sockets, config.nginx_user).run),
+            _Task(ProcessesCheck.collector, ProcessesCheck(config.processes).run),
+            _Task(ResourcesCheck.collector, ResourcesCheck(config.filesystems).run),
+        ]
         if config.nginx.test:
             self._nginx_check = NginxConfigCheck(config.nginx)
             self._tasks.append(_Task(NginxConfigCheck.collector, self._nginx_test))

@@ -150,13 +150,19 @@ class Exporter:
         results = self.prober.collect(timeout_seconds)
         return results, diagnose(results, self.config)
 
-    def encode(self, results: RoundResults, diagnosis: Diagnosis, accept: str | None) -> tuple[bytes, str]:
-        """The exposition of one round (plus the extra sources, read now) for an ``Accept`` header."""
+    def encode(
+        self, results: RoundResults, diagnosis: Diagnosis, accept: str | None, gzipped: bool = False
+    ) -> tuple[bytes, str]:
+        """The exposition of one round (plus the extra sources, read now) for an ``Accept`` header.
+
+        ``gzipped``: compressed as well, in the same call (one hand-off to a worker thread, not two).
+        """
         registry = scrape_registry(
             lambda: round_metric_families(results, diagnosis, self.config), *self.extra_sources
         )
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(registry), content_type
+        body = encoder(registry)
+        return (gzip.compress(body, 1) if gzipped else body), content_type
 
     def render(self, timeout_seconds: float, accept: str | None) -> tuple[bytes, str]:
         results, diagnosis = self.check(timeout_seconds)
@@ -224,6 +230,7 @@ class _Response:
     body: bytes
     content_type: str = _TEXT
     extra: tuple[tuple[str, str], ...] = ()
+    gzipped: bool = False  # the body is gzip-compressed already
 
 
 class _Connection:
@@ -478,10 +485,11 @@ class MetricsServer:
         if path == "/metrics":
             timeout = self.exporter.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
             results, diagnosis = await self._shared_round(timeout)
+            gzipped = _wants_gzip(request)
             body, content_type = await self._run(
-                self.exporter.encode, results, diagnosis, request.headers.get("accept")
+                self.exporter.encode, results, diagnosis, request.headers.get("accept"), gzipped
             )
-            return _Response(200, body, content_type)
+            return _Response(200, body, content_type, gzipped=gzipped)
         if path == "/":
             config = self.exporter.config
             watching = ", ".join(
@@ -509,8 +517,8 @@ class MetricsServer:
         self, writer: asyncio.StreamWriter, request: _Request, response: _Response, keep: bool
     ) -> bool:
         body = response.body
-        encoding = None
-        if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1024:
+        encoding = "gzip" if response.gzipped else None
+        if not response.gzipped and _wants_gzip(request) and len(body) > 1024:
             body = await self._run(gzip.compress, body, 1)
             encoding = "gzip"
         lines = [
@@ -532,6 +540,10 @@ class MetricsServer:
         except (TimeoutError, ConnectionError, ssl.SSLError):
             return False
         return True
+
+
+def _wants_gzip(request: _Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "")
 
 
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -319,12 +319,51 @@ def test_queries_are_pipelined(stack: SystemdHarness, monkeypatch: pytest.Monkey
     check = UnitsCheck(ALL, bus_address=stack.bus_address)
     try:
         assert check.run(Deadline.after(5)).available
-        assert batches == [1, len(ALL), 7 * len(ALL)]  # Hello, all LoadUnit, all Get
+        # Hello, then one batch: ListUnitsByNames for all units and four Properties.Get per unit.
+        assert batches == [1, 1 + 4 * len(ALL)]
         batches.clear()
         assert check.run(Deadline.after(5)).available
-        assert batches == [len(ALL), 7 * len(ALL)]  # connection kept
+        assert batches == [1 + 4 * len(ALL)]  # connection kept
     finally:
         check.close()
+
+
+class _CannedBus:
+    """Stands in for the bus connection: answers ListUnitsByNames like systemd does for an alias."""
+
+    def __init__(self, canonical: dict[str, str]) -> None:
+        self.canonical = canonical
+        self.batches: list[list[str]] = []
+
+    def call_all(self, calls: Any, deadline: Deadline) -> list[Any]:
+        self.batches.append([call.method for call in calls])
+        replies: list[Any] = []
+        for call in calls:
+            if call.method == "ListUnitsByNames":
+                names = [self.canonical.get(name, name) for name in call.body[0]]
+                replies.append(
+                    ([(n, "", "loaded", "active", "running", "", "/x", 0, "", "/") for n in names],)
+                )
+            else:
+                replies.append((("u", 7),) if call.body[1] == "MainPID" else (("s", ""),))
+        return replies
+
+
+def test_alias_is_listed_under_its_unit_name() -> None:
+    """ListUnitsByNames lists an alias under its unit's own name: the check asks once, then remembers."""
+    bus = _CannedBus({"web.service": NGINX})
+    check = UnitsCheck(("web.service", NGINX))
+    for expected in (
+        [["ListUnitsByNames"] + ["Get"] * 8, ["ListUnitsByNames"]],  # the alias alone, to tell
+        [["ListUnitsByNames"] + ["Get"] * 8],
+    ):
+        bus.batches.clear()
+        units = check._query(bus, Deadline.after(5))  # type: ignore[arg-type]
+        assert bus.batches == expected
+        assert [(u.name, u.load_state, u.active_state, u.main_pid) for u in units] == [
+            ("web.service", "loaded", "active", 7),
+            (NGINX, "loaded", "active", 7),
+        ]
 
 
 def test_reconnects_when_connection_breaks(stack: SystemdHarness) -> None:

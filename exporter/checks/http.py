@@ -56,8 +56,11 @@ class HttpCheck:
 
     def __init__(self, target: HttpTarget, client: httpx.Client | None = None) -> None:
         self.target = target
+        # Without redirects a plain-http probe never speaks TLS: no certificate store for it
+        # (httpx loads the whole CA bundle per client for verify=True, ~3 MB of resident memory).
+        https = target.url.lower().startswith("https:")
         self._client = client or httpx.Client(
-            verify=target.verify_tls,
+            verify=target.verify_tls and https,
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
