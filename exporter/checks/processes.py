@@ -55,8 +55,10 @@ class ProcessesCheck:
     """Counts and resident memory of nginx, php-fpm and the backend, found by command line.
 
     The process table is read straight from ``/proc`` (what psutil reads, without its per-process
-    objects): one read of ``stat`` a process, command lines once per process start, since a scrape
-    must stay within milliseconds.
+    objects), since a scrape must stay within milliseconds. ``stat`` and the command line of a
+    process are read while it is new (it may still rename itself) and, for the services'
+    processes, every run; any other process is recognised by its ``/proc/PID`` inode, which a
+    reused PID does not share, and costs no read at all.
     """
 
     collector = "processes"
@@ -64,7 +66,10 @@ class ProcessesCheck:
     def __init__(self, patterns: ProcessPatterns, proc_root: str = "/proc") -> None:
         self._patterns = {service: re.compile(getattr(patterns, service)) for service in SERVICES}
         self._proc = proc_root
-        self._commands: dict[tuple[int, int], tuple[str, float]] = {}
+        # (pid, inode of /proc/PID) -> what stat and cmdline said, and when the process was first seen
+        self._known: dict[tuple[int, int], tuple[_ProcEntry, float]] = {}
+        # Processes of a service in the last run: read again every run (zombie, parent, memory).
+        self._watched: set[int] = set()
         self._members = _Members(proc_root)
         self._lock = threading.Lock()
         # command line -> services whose pattern it matches (command lines rarely change)
@@ -89,6 +94,7 @@ class ProcessesCheck:
         for entry in table.values():
             children.setdefault(entry.ppid, []).append(entry.pid)
         services = []
+        watched: set[int] = set()
         for service, mains in mains_of.items():
             members: set[int] = set()
             stack = list(mains)
@@ -97,48 +103,59 @@ class ProcessesCheck:
                 if pid not in members:
                     members.add(pid)
                     stack.extend(children.get(pid, ()))
+            watched |= members
             top = sorted(pid for pid in mains if table[pid].ppid not in members)
             services.append(
                 self._members.describe(service, top, [table[pid].command for pid in top], members)
             )
+        self._watched = watched
         return ProcessesResult(services=tuple(services))
 
     def _scan(self) -> dict[int, _ProcEntry]:
         table: dict[int, _ProcEntry] = {}
+        known = self._known
+        watched = self._watched
         seen: set[tuple[int, int]] = set()
         now = time.monotonic()
         uptime = self._uptime()
-        for name in os.listdir(self._proc):
-            if not name.isdigit():
-                continue
-            try:
-                raw = _read(f"{self._proc}/{name}/stat", 1024)
-            except OSError:
-                continue
-            # comm may hold spaces and parentheses: fields start after the last ')'.
-            fields = raw[raw.rfind(b")") + 2 :].split(None, 20)  # up to starttime (field 22)
-            if len(fields) < 20 or fields[0] == b"Z":
-                continue
-            pid = int(name)
-            key = (pid, int(fields[19]))
-            seen.add(key)
-            cached = self._commands.get(key)
-            if cached is not None and now - cached[1] > _TITLE_SETTLE_SECONDS:
-                command = cached[0]
-            else:
-                # A new process may still rename itself (php-fpm, nginx set their titles after exec).
-                command = self._read_command(pid, raw)
-                if cached is None:
-                    # Seen for the first time: count its settling time from its start, not from now,
-                    # so that a process which has run for a while is not read again for 5 s.
-                    age = uptime - key[1] / _CLOCK_TICKS if uptime is not None else 0.0
-                    first_seen = now - min(max(age, 0.0), _TITLE_SETTLE_SECONDS + 1.0)
+        with os.scandir(self._proc) as listing:
+            for item in listing:
+                name = item.name
+                if not name.isdigit():
+                    continue
+                pid = int(name)
+                key = (pid, item.inode())
+                seen.add(key)
+                cached = known.get(key)
+                if cached is not None and pid not in watched and now - cached[1] > _TITLE_SETTLE_SECONDS:
+                    table[pid] = cached[0]
+                    continue
+                try:
+                    raw = _read(f"{self._proc}/{name}/stat", 1024)
+                except OSError:
+                    continue
+                # comm may hold spaces and parentheses: fields start after the last ')'.
+                fields = raw[raw.rfind(b")") + 2 :].split(None, 20)  # up to starttime (field 22)
+                if len(fields) < 20 or fields[0] == b"Z":
+                    known.pop(key, None)
+                    continue
+                if cached is not None and now - cached[1] > _TITLE_SETTLE_SECONDS:
+                    command, first_seen = cached[0].command, cached[1]
                 else:
-                    first_seen = cached[1]
-                self._commands[key] = (command, first_seen)
-            table[pid] = _ProcEntry(pid=pid, ppid=int(fields[1]), command=command)
-        for key in self._commands.keys() - seen:
-            del self._commands[key]
+                    # A new process may still rename itself (php-fpm, nginx set their titles after exec).
+                    command = self._read_command(pid, raw)
+                    if cached is None:
+                        # Seen for the first time: count its settling time from its start, not from
+                        # now, so that a process which has run for a while is not read again for 5 s.
+                        age = uptime - int(fields[19]) / _CLOCK_TICKS if uptime is not None else 0.0
+                        first_seen = now - min(max(age, 0.0), _TITLE_SETTLE_SECONDS + 1.0)
+                    else:
+                        first_seen = cached[1]
+                entry = _ProcEntry(pid=pid, ppid=int(fields[1]), command=command)
+                known[key] = (entry, first_seen)
+                table[pid] = entry
+        for key in known.keys() - seen:
+            del known[key]
         return table
 
     def _uptime(self) -> float | None:
