@@ -143,6 +143,7 @@ def start(name: str, argv: list[str], folder: Path, env: dict[str, str] | None =
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=folder,  # not the checkout: `python -m exporter` must import the installed package
         )
     return Started(name, proc, log)
 
