@@ -25,6 +25,8 @@ from exporter.logs.classify import (
 )
 from exporter.logs.tailer import LineSplitter
 
+MAX_LINE = c.MAX_LINE_BYTES
+
 TS = "2024/05/01 12:34:56"
 PHP = "fastcgi://unix:/run/php/php8.3-fpm.sock:"
 TAIL = ', client: 203.0.113.7, server: shop.example, request: "GET /index.php?id=1 HTTP/1.1"'
@@ -570,6 +572,33 @@ def test_splitter_any_chunking_gives_the_same_lines(data: bytes, cuts: list[int]
     assert lines == expected
     assert splitter.consumed == data.rfind(b"\n") + 1
     assert splitter.flush() == ([data.split(b"\n")[-1]] if data.split(b"\n")[-1] else [])
+
+
+@given(
+    data=st.binary(max_size=3000).map(lambda b: b.replace(b"\0", b"\n")),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=20),
+    max_line=st.sampled_from([MAX_LINE, 16]),
+)
+def test_blocks_from_a_reused_buffer_give_the_same_lines(data: bytes, cuts: list[int], max_line: int) -> None:
+    """The tailer reads into one buffer and counts each block before the next read."""
+    points = sorted({0, len(data), *(x for x in cuts if x <= len(data))})
+    buffer = bytearray(b"\xff" * 4096)
+    splitter = LineSplitter()
+    lines: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("exporter.logs.tailer.MAX_LINE_BYTES", max_line)
+        patch.setattr(c, "MAX_LINE_BYTES", max_line)
+        for a, b in itertools.pairwise(points):
+            buffer[: b - a] = data[a:b]
+            for block in splitter.feed_blocks(buffer, b - a):
+                lines += split_block(block)
+            buffer[:] = b"\xee" * len(buffer)  # the next read overwrites what the blocks showed
+        lines += split_block(splitter.flush_block())
+    expected = [line[:max_line] for line in data.split(b"\n")]
+    if not expected[-1]:
+        expected.pop()
+    assert lines == expected
+    assert splitter.consumed == len(data)
 
 
 def test_native_scan_is_built() -> None:
