@@ -558,7 +558,7 @@ def measure_logs(lines: int, folder: Path) -> tuple[float, float, bool]:
     expected = logs_bench.generate(log, lines)
     subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, timeout=300, check=True)  # page cache
     note("classifying it: ours, then mtail --one_shot")
-    ours = logs_bench.run_ours(log)
+    ours = logs_bench.run_ours(log, python=EXPORTER_PYTHON)
     mtail_seconds, mtail_kinds = logs_bench.run_mtail(log, folder)
     agree = ours["kinds"] == expected and mtail_kinds == expected
     return lines / float(ours["seconds"]), lines / mtail_seconds, agree
@@ -648,11 +648,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.node()}, {psutil.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Linux {platform.release()}, "
-        f"Python {platform.python_version()}; load avg {os.getloadavg()[0]:.2f} (shared machine: figures are noisy)"
+        f"harness Python {platform.python_version()}; load avg {os.getloadavg()[0]:.2f} (shared machine: figures are noisy)"
     )
     print(f"peers: {version_of('prometheus-node-exporter')}; {version_of('prometheus-blackbox-exporter')}; "
           f"{version_of('mtail')}")  # fmt: skip
-    print(f"ours: {EXPORTER_PYTHON} -m exporter (every check on, log tailer on)")
+    native = subprocess.run(
+        [EXPORTER_PYTHON, "-c", "import exporter.logs.classify as c; print(c.NATIVE_SCAN)"],
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False, cwd="/",
+    ).stdout.strip() == "True"  # fmt: skip
+    print(f"ours: {EXPORTER_PYTHON} -m exporter ({version_of(EXPORTER_PYTHON)}; every check on, log tailer on;"
+          f" native log scan {'built' if native else 'NOT built'})")  # fmt: skip
     print(f"stack: real nginx + PHP-FPM + uvicorn; {facts[0]}")
     print(
         f"'theirs' = {node_what} + blackbox /probe of the backend, summed per round; {n} rounds, rotating order"

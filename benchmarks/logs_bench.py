@@ -232,9 +232,10 @@ def run_mtail(log: Path, folder: Path) -> tuple[float, dict[str, int]]:
     return seconds, kinds
 
 
-def run_ours(log: Path, pure: bool = False) -> dict[str, Any]:
+def run_ours(log: Path, pure: bool = False, python: str = sys.executable) -> dict[str, Any]:
+    """Classify ``log`` in a child process of ``python`` (the interpreter of the exporter measured)."""
     done = subprocess.run(
-        [sys.executable, __file__, "--worker-classify", str(log), *(["--pure"] if pure else [])],
+        [python, __file__, "--worker-classify", str(log), *(["--pure"] if pure else [])],
         capture_output=True,
         text=True,
         timeout=900,
