@@ -548,7 +548,7 @@ def start_profiler(output: Path, pid: int, folder: Path) -> Started | None:
         note("py-spy not installed (.venv/bin/pip install py-spy); no profile")
         return None
     fmt = {".json": "speedscope", ".txt": "raw"}.get(output.suffix, "flamegraph")
-    return start("py-spy", [spy, "record", "--pid", str(pid), "--rate", "500", "--threads", "--format", fmt,
+    return start("py-spy", [spy, "record", "--pid", str(pid), "--rate", "500", "--threads", "--gil", "--format", fmt,
                             "--output", str(output), "--nonblocking"], folder)  # fmt: skip
 
 

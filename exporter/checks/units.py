@@ -425,6 +425,15 @@ class UnitsCheck:
         self._conn: _Connection | None = None
         # Unit name -> the name ListUnitsByNames reports for it (differs for an alias).
         self._ids: dict[str, str] = {}
+        # Every run sends the same calls.
+        self._calls = [
+            _Call(_SYSTEMD, _MANAGER_PATH, _MANAGER_IFACE, "ListUnitsByNames", "as", (self.units,))
+        ]
+        self._calls += [
+            _Call(_SYSTEMD, _unit_path(unit), _PROPERTIES_IFACE, "Get", "ss", prop)
+            for unit in self.units
+            for prop in _PROPERTIES
+        ]
 
     def close(self) -> None:
         """Drop the kept bus connection (a later run reopens it)."""
@@ -471,13 +480,7 @@ class UnitsCheck:
         raise AssertionError("unreachable")
 
     def _query(self, conn: _Connection, deadline: Deadline) -> tuple[UnitStatus, ...]:
-        calls = [_Call(_SYSTEMD, _MANAGER_PATH, _MANAGER_IFACE, "ListUnitsByNames", "as", (self.units,))]
-        calls += [
-            _Call(_SYSTEMD, _unit_path(unit), _PROPERTIES_IFACE, "Get", "ss", prop)
-            for unit in self.units
-            for prop in _PROPERTIES
-        ]
-        listed, *gets = conn.call_all(calls, deadline)
+        listed, *gets = conn.call_all(self._calls, deadline)
         if isinstance(listed, _BusError):
             if listed.name == _SERVICE_UNKNOWN:
                 raise listed  # no systemd on this bus
