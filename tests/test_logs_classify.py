@@ -684,3 +684,23 @@ def test_address_cache_memory_is_bounded() -> None:
     tally_nginx(lines, counts)
     assert len(c._address_cache) <= c._CACHE_LIMIT
     assert sum(counts.values()) == 20_000
+
+
+def test_caches_hold_only_short_keys() -> None:
+    """Lines with 64 KiB messages or upstream fields, all different, leave the caches small."""
+    c._key_cache.clear()
+    c._address_cache.clear()
+    counts: dict[tuple[str, str | None], int] = {}
+    long_header = [
+        ngx(
+            f'upstream sent invalid header: "{i:05d}{"x" * 60_000}" while reading response header from upstream'
+        )
+        for i in range(300)
+    ]
+    long_upstream = [ngx(READ_TIMEOUT, f"http://{i:05d}{'y' * 60_000}") for i in range(300)]
+    block = b"".join(line + b"\n" for line in long_header + long_upstream)
+    assert tally_nginx_block(block, counts) == 600
+    assert counts[("invalid_header", "unix:/run/php/php8.3-fpm.sock")] == 300
+    assert sum(n for (kind, _), n in counts.items() if kind == "read_timeout") == 300
+    cached = sum(len(m) + len(u) for m, u in c._key_cache) + sum(len(raw) for raw in c._address_cache)
+    assert cached < 64 * 1024

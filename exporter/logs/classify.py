@@ -97,6 +97,7 @@ _NOT_FAILURES: Final[tuple[bytes, ...]] = (
 _UPSTREAM_CONTEXT: Final[tuple[bytes, ...]] = (b" to upstream", b" from upstream", b"reading upstream")
 
 _CACHE_LIMIT: Final = 4096
+_CACHED_KEY_BYTES: Final = 1024  # longer keys are classified again each time: the caches stay small
 _address_cache: dict[bytes, str | None] = {}
 _key_cache: dict[tuple[bytes, bytes], tuple[str, str | None]] = {}
 
@@ -160,9 +161,10 @@ def classify_key(message: bytes, upstream: bytes) -> tuple[str, str | None]:
         return cached
     kind = _message_kind(message, len(message))
     value = (NONE, None) if kind is NONE else (kind, upstream_address(upstream) or _connect_address(message))
-    if len(_key_cache) >= _CACHE_LIMIT:
-        _key_cache.clear()
-    _key_cache[key] = value
+    if len(message) + len(upstream) <= _CACHED_KEY_BYTES:
+        if len(_key_cache) >= _CACHE_LIMIT:
+            _key_cache.clear()
+        _key_cache[key] = value
     return value
 
 
@@ -186,7 +188,7 @@ def tally_nginx(lines: Iterable[bytes], counts: dict[tuple[str, str | None], int
 
 
 def tally_nginx_block(block: Block, counts: dict[tuple[str, str | None], int]) -> int:
-    """:func:`tally_nginx` over the lines of ``block`` (see ``LineSplitter.feed_block``).
+    """:func:`tally_nginx` over the lines of ``block`` (see ``LineSplitter.feed_blocks``).
 
     Returns how many lines the block holds. Uses the native scan (``exporter.logs._scan``) when
     it was built, which reads the block without making one Python object per line.
@@ -349,9 +351,10 @@ def upstream_address(raw: bytes) -> str | None:
     if cached is not None or raw in _address_cache:
         return cached
     value = _normalise(raw)
-    if len(_address_cache) >= _CACHE_LIMIT:
-        _address_cache.clear()
-    _address_cache[raw] = value
+    if len(raw) <= _CACHED_KEY_BYTES:
+        if len(_address_cache) >= _CACHE_LIMIT:
+            _address_cache.clear()
+        _address_cache[raw] = value
     return value
 
 
