@@ -329,7 +329,11 @@ def test_queries_are_pipelined(stack: SystemdHarness, monkeypatch: pytest.Monkey
 
 
 class _CannedBus:
-    """Stands in for the bus connection: answers ListUnitsByNames like systemd does for an alias."""
+    """Stands in for the bus connection: answers ListUnitsByNames like systemd does for an alias.
+
+    A fake, because no real alias could be made in the test systemd: a symlinked unit file there
+    (systemd 252) loads as a unit of its own.
+    """
 
     def __init__(self, canonical: dict[str, str]) -> None:
         self.canonical = canonical
