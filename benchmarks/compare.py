@@ -3,7 +3,7 @@
 The peers are Debian's node_exporter 1.5 (collectors systemd, meminfo, filesystem), blackbox_exporter
 0.23 (one ``http_2xx`` probe of the same backend) and mtail (tailing the same nginx error.log with a
 program counting the same kinds). The stack is the real nginx + PHP-FPM + uvicorn of
-``tests/systemd_harness.py``, run as units of a real systemd in a PID namespace; node_exporter's
+``tests/harness/systemd.py``, run as units of a real systemd in a PID namespace; node_exporter's
 systemd collector and our units check read that same systemd over its system bus. Where the
 harness cannot run (no root, no namespaces), the demo stack runs as plain child processes,
 node_exporter runs without its systemd collector and the output says so.
@@ -53,7 +53,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import logs_bench  # noqa: E402
-from systemd_harness import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal  # noqa: E402
+from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal  # noqa: E402
 
 from exporter.demo.stack import Stack, free_port, make_root, wait_until  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Benchmark: read 10 units from a real systemd (tests/systemd_harness.py); target p50 <= 20 ms.
+"""Benchmark: read 10 units from a real systemd (tests/harness/systemd.py); target p50 <= 20 ms.
 
 Run: ``.venv/bin/python benchmarks/units_bench.py [--runs 200]`` as root.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from systemd_harness import (
+from harness.systemd import (
     BACKEND,
     BROKEN,
     FLAKY,

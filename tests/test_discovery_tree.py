@@ -11,7 +11,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from exporter.demo.stack import find_binary, free_port, http_status, stop_process, unix_connects, wait_until
+from harness import free_port, wait_until
+
+from exporter.demo.stack import find_binary, http_status, stop_process, unix_connects
 
 NGINX_BINARY_ENV = "BADGATEWAY_NGINX"
 PHP_FPM_BINARY_ENV = "BADGATEWAY_PHP_FPM"

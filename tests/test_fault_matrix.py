@@ -3,7 +3,7 @@
 On a real stack (units of a real systemd where the kernel allows, on a small tmpfs), watched by the
 real exporter, a real Prometheus with the bundled rules (``for:`` x0.05 through ``rules render
 --for-scale``, 1 s scrape and evaluation) and a real Alertmanager with the bundled inhibition rules,
-each fault of :data:`exporter.demo.faults.FAULTS` is injected and healed while a load generator sends
+each fault of :data:`exporter.demo.catalogue.FAULTS` is injected and healed while a load generator sends
 requests through nginx. For each: exactly the expected cause alert is notified (no other, never the
 gateway-errors symptom), ``diagnose --format json`` and the dashboard's cause query name the same
 cause, and healing brings a resolved notification.
@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from exporter_harness import diagnose_json, diagnosed_causes
-from fault_harness import (
+from harness import wait_until
+from harness.exporters import diagnose_json, diagnosed_causes
+from harness.faults import (
     FaultResult,
     Pipeline,
     healthy_window,
@@ -37,8 +38,10 @@ from fault_harness import (
     table,
 )
 
-from exporter.demo.faults import FAULTS, Notification, find_program
-from exporter.demo.stack import StackError, find_binary, make_root, wait_until
+from exporter.demo.alerting import find_program
+from exporter.demo.catalogue import FAULTS
+from exporter.demo.stack import StackError, find_binary, make_root
+from exporter.demo.webhook import Notification
 
 FULL = os.environ.get("BADGATEWAY_FAULT_MATRIX") == "1"
 HEALTHY_SECONDS = float(os.environ.get("BADGATEWAY_FAULT_MATRIX_HEALTHY", "180" if FULL else "20"))

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from exporter_harness import Scrape, parse, write_config
-from exporter_process import ExporterProcess, exporter_process
+from harness import wait_until
+from harness.exporters import Scrape, parse, write_config
+from harness.process import ExporterProcess, exporter_process
 
-from exporter.demo.stack import Stack, make_root, wait_until
+from exporter.demo.stack import Stack, make_root
 
 USER = "badgateway-exporter"
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from logs_stack import LogStack, available, wait_for
+from harness import wait_until
+from harness.logs_stack import LogStack, available
 
 from exporter.config import LogSettings
 from exporter.logs.analyze import recent, recent_from_settings
@@ -203,7 +204,7 @@ def test_real_nginx_and_phpfpm_lines_are_classified(stack: LogStack) -> None:
         for t in threads:
             t.join(timeout=30)
         assert sorted(statuses) == [504, 504]
-        wait_for(
+        wait_until(
             lambda: any(b"exited on signal" in x for x in _lines(stack.fpm_log)), 15, "the child to be killed"
         )
         # socket missing: PHP-FPM stopped, its socket removed
@@ -234,7 +235,7 @@ def test_real_nginx_and_phpfpm_lines_are_classified(stack: LogStack) -> None:
                 and events.get(("www", "max_children_reached"), 0) >= 1
             )
 
-        wait_for(tailer_caught_up, 2, "the tailer")
+        wait_until(tailer_caught_up, 2, "the tailer")
     finally:
         watcher.stop()
 

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
@@ -44,14 +45,6 @@ def line(n: int, kind: str = "timeout", upstream: str = "fastcgi://unix:/run/php
         f"2024/05/01 12:00:00 [error] 1#1: *{n} {message}, client: 127.0.0.1, server: x, "
         f'request: "GET /{n} HTTP/1.1", upstream: "{upstream}", host: "x"\n'
     ).encode()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def counters(watcher: LogWatcher, path: Path) -> LogCounters:
@@ -102,11 +95,11 @@ def test_starts_at_end_then_counts_new_lines_within_a_second(folder: Path, runni
     log = folder / "error.log"
     log.write_bytes(line(1) + line(2) + b"2024/05/01 partial old line")
     watcher = start(settings_for(folder), running)
-    wait_until(lambda: str(log) in watcher.snapshot().logs, what="the log to be found")
+    wait_until(lambda: str(log) in watcher.snapshot().logs, 5.0, "the log to be found")
     append(log, b" rest of the old line\n")
     t0 = time.monotonic()
     append(log, line(3) + line(4, "refused", "http://127.0.0.1:8000/x"))
-    wait_until(lambda: counters(watcher, log).lines == 2, what="2 new lines")
+    wait_until(lambda: counters(watcher, log).lines == 2, 5.0, "2 new lines")
     assert time.monotonic() - t0 < 1.0
     c = counters(watcher, log)
     assert dict(c.upstream_errors) == {("read_timeout", SOCK): 1, ("connection_refused", "127.0.0.1:8000"): 1}
@@ -117,7 +110,9 @@ def test_start_beginning_counts_existing_lines(folder: Path, running: list[LogWa
     log = folder / "error.log"
     log.write_bytes(line(1) + line(2) + line(3, "notice"))
     watcher = start(settings_for(folder, start="beginning"), running)
-    wait_until(lambda: str(log) in watcher.snapshot().logs and counters(watcher, log).lines == 3)
+    wait_until(
+        lambda: str(log) in watcher.snapshot().logs and counters(watcher, log).lines == 3, 5.0, "3 lines"
+    )
     assert dict(counters(watcher, log).upstream_errors) == {("read_timeout", SOCK): 2}
 
 

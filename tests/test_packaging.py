@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from exporter_process import serving
+from harness.process import serving
 
 from exporter import __version__
 from exporter.checks.nginx_config import parse_test_output

@@ -24,10 +24,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from exporter_harness import write_config
-from exporter_process import ExporterProcess, exporter_process, serving
+from harness import wait_until
+from harness.exporters import write_config
+from harness.process import ExporterProcess, exporter_process, serving
 
-from exporter.demo.stack import Stack, wait_until
+from exporter.demo.stack import Stack
 from exporter.server import Limits
 
 STALLED_SILENT = 300

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 import httpx
 import psutil
 import pytest
+from harness import wait_until
 
 from exporter.checks.nginx_config import NginxConfigCheck
 from exporter.config import config_from_dict
-from exporter.demo.stack import Stack, StackError, wait_until
+from exporter.demo.stack import Stack, StackError
 
 if TYPE_CHECKING:
     from conftest import StackFactory

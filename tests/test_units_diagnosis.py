@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from exporter_harness import parse, running_exporter
-from systemd_harness import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
+from harness import wait_until
+from harness.exporters import parse, running_exporter
+from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
 
 from exporter.config import Config, config_from_dict
-from exporter.demo.stack import wait_until
 from exporter.diagnosis import Verdict, diagnose
 from exporter.rounds import Prober
 

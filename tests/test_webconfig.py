@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -27,10 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from exporter_harness import write_config
-from exporter_process import exporter_process, serving
+from harness import free_port, wait_until
+from harness.alerting import running_prometheus
+from harness.exporters import write_config
+from harness.process import exporter_process, serving
 
-from exporter.demo.stack import Stack, free_port, wait_until
+from exporter.demo.stack import Stack
 from exporter.webconfig import WebConfigError, load_web_config, parse_duration
 
 PASSWORD = "correct horse battery staple"
@@ -182,63 +182,14 @@ def tls_section(pki: Pki, **extra: object) -> dict[str, object]:
 
 @contextmanager
 def prometheus(folder: Path, target_port: int, pki: Pki, password: str) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (Debian package prometheus)")
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "badgateway",
-                        "scheme": "https",
-                        "tls_config": {"ca_file": str(pki.ca)},
-                        "basic_auth": {"username": "prometheus", "password": password},
-                        "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
-                    }
-                ],
-            }
-        ),
-        encoding="utf-8",
-    )
-    port = free_port()
-    log = folder / "prometheus.log"
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(log.read_text(errors="replace"))
-            try:
-                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 20, "prometheus to be ready", interval=0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """A real Prometheus scraping the exporter on ``target_port`` over HTTPS with basic auth; its URL."""
+    scrape = {
+        "scheme": "https",
+        "tls_config": {"ca_file": str(pki.ca)},
+        "basic_auth": {"username": "prometheus", "password": password},
+    }
+    with running_prometheus(folder, [f"127.0.0.1:{target_port}"], scrape=scrape) as running:
+        yield running.url
 
 
 def query(url: str, promql: str) -> list[dict[str, object]]:

@@ -726,7 +726,7 @@ class Stack:
         self.nginx_conf.write_text(self._good_nginx_conf, encoding="utf-8")
 
     def point_fastcgi_pass(self, address: str) -> None:
-        """Write the config with ``fastcgi_pass`` aimed at ``address`` (e.g. ``unix:/run/php/php8.3-fpm.sock``).
+        """Write the config with ``fastcgi_pass`` aimed at ``address`` (e.g. ``unix:/run/php/php8.2-fpm.sock``).
 
         Only the file changes: call :meth:`reload_nginx` (or reload the unit) to make nginx use it;
         :meth:`restore_nginx_config` puts the original back.

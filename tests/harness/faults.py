@@ -4,9 +4,9 @@ Alertmanager, a webhook receiver and a load generator, and the run of one fault 
 Layout: a tmpfs (:data:`TMPFS_SIZE`) is mounted on a fresh 0755 folder and the whole stack lives on it
 (configs, sockets, logs), so "the disk holding the logs and sockets is full" is a real full disk. When
 the kernel allows namespaces, PHP-FPM, nginx and the backend run as units of a real system-mode
-systemd (``tests/systemd_harness.py``: PID namespace, private mounts, its own sub-cgroups), so
+systemd (:mod:`harness.systemd`: PID namespace, private mounts, its own sub-cgroups), so
 ``systemctl stop`` is a real stop and the exporter reads unit states over D-Bus; otherwise they run as
-plain child processes (:class:`exporter.demo.faults.ProcessServices`). Everything is stopped by PID in
+plain child processes (:class:`exporter.demo.services.ProcessServices`). Everything is stopped by PID in
 ``finally`` blocks and the tmpfs is unmounted last.
 """
 
@@ -26,27 +26,13 @@ from typing import Any
 
 import psutil
 import yaml
-from exporter_harness import diagnose_json, diagnosed_causes
-from exporter_process import ExporterProcess, exporter_process
-from systemd_harness import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
 
 from exporter import config as config_module
 from exporter.causes import CAUSES
-from exporter.demo.faults import (
-    Alertmanager,
-    Component,
-    Fault,
-    FaultContext,
-    FaultError,
-    LoadGenerator,
-    Notification,
-    ProcessServices,
-    Prometheus,
-    Services,
-    WebhookReceiver,
-    alertmanager_config,
-    render_rules,
-)
+from exporter.demo.alerting import Alertmanager, Prometheus, alertmanager_config, render_rules
+from exporter.demo.catalogue import Fault, FaultContext, FaultError
+from exporter.demo.load import LoadGenerator
+from exporter.demo.services import Component, ProcessServices, Services
 from exporter.demo.stack import (
     Stack,
     StackError,
@@ -58,8 +44,13 @@ from exporter.demo.stack import (
     tail,
     unix_connects,
     unmount,
-    wait_until,
 )
+from exporter.demo.webhook import Notification, WebhookReceiver
+from harness import wait_until
+from harness.alerting import running_alertmanager, running_prometheus
+from harness.exporters import diagnose_json, diagnosed_causes
+from harness.process import ExporterProcess, exporter_process
+from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
 
 TMPFS_SIZE = "32m"
 SYMPTOM = "NginxGatewayErrors"
@@ -343,15 +334,15 @@ def pipeline(use_systemd: bool, log: Callable[[str], None] = print) -> Iterator[
         )
         webhook = WebhookReceiver().start()
         exits.callback(webhook.close)
-        alertmanager = Alertmanager(work / "alertmanager", alertmanager_config(webhook.url))
-        exits.callback(alertmanager.stop)
-        alertmanager.start()
-        rule_file = render_rules(work / "rules")
-        prometheus = Prometheus(
-            work / "prometheus", [f"127.0.0.1:{exporter.port}"], rule_file, alertmanager.url
+        alertmanager = exits.enter_context(
+            running_alertmanager(work / "alertmanager", alertmanager_config(webhook.url))
         )
-        exits.callback(prometheus.stop)
-        prometheus.start()
+        rule_file = render_rules(work / "rules")
+        prometheus = exits.enter_context(
+            running_prometheus(
+                work / "prometheus", [f"127.0.0.1:{exporter.port}"], rule_file, alertmanager=alertmanager.url
+            )
+        )
         load = LoadGenerator(stack, rate=10.0, max_seconds=1200.0)
         exits.callback(load.stop)
         load.start()
@@ -368,7 +359,7 @@ def pipeline(use_systemd: bool, log: Callable[[str], None] = print) -> Iterator[
             60.0,
             "Prometheus' first scrape of the exporter",
             interval=0.5,
-            detail=lambda: tail(prometheus.log),
+            detail=prometheus.log_tail,
         )
         log(f"first sample in Prometheus {time.monotonic() - started:.1f}s after the start")
         yield pipe

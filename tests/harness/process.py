@@ -7,16 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.app import serving as app_serving
 from exporter.config import Config, config_from_dict
-from exporter.demo.stack import free_port, wait_until
-from exporter.server import Exporter, Limits, make_server
+from exporter.server import Limits
 from exporter.webconfig import WebConfig
+from harness import free_port, wait_until
 
 
 @dataclass
@@ -108,15 +108,7 @@ def offline_config(folder: Path) -> Config:
 @contextmanager
 def serving(folder: Path, web_config: WebConfig | None, limits: Limits | None = None) -> Iterator[str]:
     """The real server on a free loopback port with ``web_config``; yields its https/http base URL."""
-    exporter = Exporter(offline_config(folder))
-    server = make_server(exporter, "127.0.0.1:0", web_config, limits)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{server.scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        exporter.close()
-        assert not thread.is_alive()
+    with app_serving(
+        offline_config(folder), web_config, listen_address="127.0.0.1:0", limits=limits
+    ) as running:
+        yield f"{running.server.scheme}://127.0.0.1:{running.port}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.app import Serving, serving
 from exporter.config import Config, config_from_dict
 from exporter.demo.stack import Stack
-from exporter.logs.metrics import log_families
 from exporter.logs.tailer import LogWatcher
-from exporter.server import Exporter, make_server
 
 Labels = frozenset[tuple[str, str]]
 
@@ -71,16 +69,17 @@ def write_config(stack: Stack, **overrides: object) -> Path:
 
 
 class RunningExporter:
-    """An exporter served on a free loopback port by a real HTTP server."""
+    """An exporter served on a free loopback port through the app's own lifecycle (:func:`serving`)."""
 
-    def __init__(self, config: Config) -> None:
-        self.watcher = LogWatcher(config.logs)
-        self.watcher.start()
-        self.exporter = Exporter(config, [log_families(self.watcher)])
-        self.server = make_server(self.exporter, "127.0.0.1:0")
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+    def __init__(self, running: Serving) -> None:
+        self.exporter = running.exporter
+        self.server = running.server
+        self.url = f"http://127.0.0.1:{running.port}"
+
+    @property
+    def watcher(self) -> LogWatcher:
+        assert self.exporter.watcher is not None
+        return self.exporter.watcher
 
     def scrape(self, scrape_timeout: float | None = None, client_timeout: float = 30.0) -> Scrape:
         headers = {"X-Prometheus-Scrape-Timeout-Seconds": str(scrape_timeout)} if scrape_timeout else {}
@@ -88,21 +87,11 @@ class RunningExporter:
         assert response.status_code == 200, response.text
         return parse(response.text, response.elapsed.total_seconds())
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-        self.exporter.close()
-        self.watcher.stop()
-
 
 @contextmanager
 def running_exporter(config: Config) -> Iterator[RunningExporter]:
-    running = RunningExporter(config)
-    try:
-        yield running
-    finally:
-        running.close()
+    with serving(config, listen_address="127.0.0.1:0") as running:
+        yield RunningExporter(running)
 
 
 def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

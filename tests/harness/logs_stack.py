@@ -12,11 +12,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+
+from harness import free_port, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PHP_FPM = next(
@@ -28,22 +28,6 @@ PHP_FPM = next(
 def available() -> bool:
     """Both binaries exist (the tests skip otherwise)."""
     return os.access(NGINX, os.X_OK) and os.access(PHP_FPM, os.X_OK)
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; raise TimeoutError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class LogStack:
@@ -136,7 +120,7 @@ http {{
         self.fpm = subprocess.Popen(
             [PHP_FPM, "-F", "-y", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(self.socket.exists, 10, "the PHP-FPM socket")
+        wait_until(self.socket.exists, 10, "the PHP-FPM socket")
 
     def stop_fpm(self) -> None:
         """Stop PHP-FPM gracefully (it removes its socket)."""
@@ -157,7 +141,7 @@ http {{
                 return False
             return True
 
-        wait_for(listening, 10, "nginx to listen")
+        wait_until(listening, 10, "nginx to listen")
 
     def get(self, path: str, timeout: float = 10.0) -> int:
         """GET ``path`` from nginx; return the HTTP status."""

@@ -17,7 +17,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from typing import Any
 
 from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call  # type: ignore[import-untyped]
 from jeepney.io.blocking import DBusConnection, open_dbus_connection  # type: ignore[import-untyped]
+
+from harness import free_port, wait_until
 
 SYSTEMD = "/lib/systemd/systemd"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -168,13 +169,6 @@ def cgroup_layout() -> tuple[str, list[Path]]:
     if not roots or roots[0].name != "systemd":
         raise HarnessError(f"unsupported cgroup layout under {CGROUP_ROOT}: {sorted(mounts)}")
     return ("hybrid" if len(roots) == 2 else "legacy"), roots
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _unit(
@@ -521,15 +515,17 @@ class SystemdHarness:
         timeout: float = 10.0,
         props: Sequence[str] = ("ActiveState", "SubState"),
     ) -> dict[str, Any]:
-        """Poll the unit's properties until ``predicate`` holds; raise TimeoutError with the last values."""
-        deadline = time.monotonic() + timeout
-        while True:
-            values = {p: self.unit_property(unit, p) for p in props}
-            if predicate(values):
-                return values
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{unit}: still {values} after {timeout} s\n{self.log_tail()}")
-            time.sleep(0.02)
+        """Poll the unit's properties until ``predicate`` holds and return them (:func:`wait_until`:
+        on timeout the error shows the last values and systemd's log)."""
+        values: dict[str, Any] = {}
+
+        def holds() -> bool:
+            values.clear()
+            values.update({p: self.unit_property(unit, p) for p in props})
+            return predicate(dict(values))
+
+        wait_until(holds, timeout, f"{unit}", detail=lambda: f"{unit}: still {values}\n{self.log_tail()}")
+        return dict(values)
 
     def wait_state(self, unit: str, active_state: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the unit's ActiveState is ``active_state``."""

@@ -1,0 +1,309 @@
+"""The fault catalogue: how to inject and heal each 502/504 cause of :mod:`exporter.causes`.
+
+One place knows how to break a :class:`~exporter.demo.stack.Stack` for each cause: :data:`FAULTS`.
+Starting, stopping and killing go through a :class:`~exporter.demo.services.Services` object, so the
+same fault runs against plain child processes (the demo) or units of a real systemd (the
+fault-matrix test). Shared by ``badgateway-exporter demo break`` and the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.causes import CAUSES, Cause
+from exporter.demo.load import RequestLoop
+from exporter.demo.services import Component, FaultError, Services
+from exporter.demo.stack import Stack, wait_until
+
+__all__ = [
+    "FAULTS",
+    "FAULTS_BY_NAME",
+    "FILL_FILE",
+    "HOG_SCRIPT",
+    "Fault",
+    "FaultContext",
+    "FaultError",
+    "cgroup2_memory_parent",
+    "fill_disk",
+    "find_fault",
+]
+
+_SLOW_SCRIPT_SECONDS = 5.0
+_MAX_FILL_BYTES = 512 * 1024 * 1024  # never fill a filesystem larger than this
+FILL_FILE = "badgateway-fault-fill"
+HOG_SCRIPT = "badgateway-hog.php"
+
+
+@dataclass
+class FaultContext:
+    """What a fault acts on: the stack's files, its services, and the disk under it."""
+
+    stack: Stack
+    services: Services
+    disk: Path | None = None  # mount point of a small filesystem holding the logs and the socket
+    original_max_children: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.original_max_children:
+            self.original_max_children = self.stack.max_children
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One cause, injected for real and healed."""
+
+    name: str
+    cause: Cause
+    title: str
+    inject: Callable[[FaultContext], None]
+    heal: Callable[[FaultContext], None]
+    unavailable: Callable[[FaultContext], str | None] = lambda ctx: None
+
+    @property
+    def alert(self) -> str:
+        return CAUSES[self.cause].alert
+
+
+def _needs_root(ctx: FaultContext) -> str | None:
+    del ctx
+    return None if os.geteuid() == 0 else "needs root (nginx's workers must run as www-data)"
+
+
+def _start_again(component: Component) -> Callable[[FaultContext], None]:
+    return lambda ctx: ctx.services.start(component)
+
+
+def _pool_exhaust(ctx: FaultContext) -> None:
+    ctx.stack.set_max_children(1)
+    ctx.services.restart("php_fpm")
+    # Concurrent slow requests hold the only worker: pings and pages queue behind them.
+    ctx.state["slow"] = RequestLoop(
+        ctx.stack.nginx_port,
+        (f"/slow.php?s={_SLOW_SCRIPT_SECONDS:g}",),
+        threads=3,
+        interval=0.0,
+        timeout=_SLOW_SCRIPT_SECONDS + 5,
+        max_seconds=300.0,
+        max_requests=600,
+        name="slow",
+    ).start()
+
+
+def _pool_heal(ctx: FaultContext) -> None:
+    slow = ctx.state.pop("slow", None)
+    if isinstance(slow, RequestLoop):
+        slow.halt()  # no new slow requests; the restart below ends the running ones
+    ctx.stack.set_max_children(ctx.original_max_children)
+    ctx.services.restart("php_fpm")
+    if isinstance(slow, RequestLoop):
+        slow.stop()
+
+
+def _other_socket(ctx: FaultContext) -> str:
+    return f"unix:{ctx.stack.other_php_socket('8.3')}"
+
+
+def _mismatch(ctx: FaultContext) -> None:
+    ctx.stack.point_fastcgi_pass(_other_socket(ctx))
+    ctx.services.reload("nginx")
+
+
+def _mismatch_heal(ctx: FaultContext) -> None:
+    ctx.stack.restore_nginx_config()
+    ctx.services.reload("nginx")
+
+
+def _disk_unavailable(ctx: FaultContext) -> str | None:
+    if ctx.disk is None:
+        return "no small filesystem under the stack's logs and socket (mount a tmpfs: needs root)"
+    usage = shutil.disk_usage(ctx.disk)
+    if usage.total > _MAX_FILL_BYTES:
+        return f"{ctx.disk} is {usage.total} bytes: too large to fill safely"
+    return None
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write zeros into ``folder`` until its filesystem is full (refused above 512 MiB)."""
+    usage = shutil.disk_usage(folder)
+    if usage.total > _MAX_FILL_BYTES:
+        raise FaultError(f"{folder}: {usage.total} bytes, refusing to fill a filesystem that large")
+    path = folder / FILL_FILE
+    chunk = b"\0" * (1 << 20)
+    written = 0
+    with path.open("wb") as handle:
+        while written <= usage.total:
+            try:
+                handle.write(chunk)
+                handle.flush()
+            except OSError:
+                break
+            written += len(chunk)
+        with contextlib.suppress(OSError):
+            # The last partial chunk: fill the remaining bytes too.
+            handle.write(b"\0" * max(0, shutil.disk_usage(folder).free))
+            handle.flush()
+    return path
+
+
+def _disk_fill(ctx: FaultContext) -> None:
+    if ctx.disk is None:
+        raise FaultError("no disk to fill")
+    fill_disk(ctx.disk)
+
+
+def _disk_heal(ctx: FaultContext) -> None:
+    if ctx.disk is not None:
+        (ctx.disk / FILL_FILE).unlink(missing_ok=True)
+
+
+# -- OOM: a PHP worker in a memory-limited cgroup v2 sub-cgroup ---------------------------------
+
+
+def cgroup2_memory_parent() -> tuple[Path | None, str]:
+    """A cgroup v2 folder whose children get the memory controller, or None and the reason."""
+    mounts: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup2"]:
+                mounts[left.split()[4]] = "cgroup2"
+    if not mounts:
+        return None, "no cgroup v2 hierarchy is mounted"
+    for mount in sorted(mounts):
+        root = Path(mount)
+        try:
+            controllers = (root / "cgroup.subtree_control").read_text(encoding="utf-8").split()
+            available = (root / "cgroup.controllers").read_text(encoding="utf-8").split()
+        except OSError as exc:
+            return None, f"{root}: {exc.strerror or exc}"
+        if "memory" in controllers:
+            return root, ""
+        reason = (
+            f"cgroup v2 at {root} offers no memory controller (controllers: {' '.join(available) or 'none'});"
+            " the memory controller is bound to cgroup v1 here"
+            if "memory" not in available
+            else f"the memory controller is not enabled for children of {root}"
+        )
+        return None, reason
+    return None, "no usable cgroup v2 hierarchy"
+
+
+def _oom_unavailable(ctx: FaultContext) -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create a cgroup"
+    parent, reason = cgroup2_memory_parent()
+    return None if parent is not None else reason
+
+
+def _php_workers(stack: Stack) -> list[int]:
+    import psutil
+
+    workers = []
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("php-fpm: pool"):
+            with contextlib.suppress(psutil.Error):
+                parent = " ".join(psutil.Process(proc.info["ppid"]).cmdline())
+                if str(stack.php_fpm_conf) in parent:
+                    workers.append(proc.pid)
+    return workers
+
+
+def _oom_inject(ctx: FaultContext) -> None:
+    parent, reason = cgroup2_memory_parent()
+    if parent is None:
+        raise FaultError(reason)
+    cgroup = parent / f"badgateway-oom-{os.getpid()}"
+    cgroup.mkdir()
+    ctx.state["oom_cgroup"] = cgroup
+    (cgroup / "memory.max").write_text(str(64 * 1024 * 1024), encoding="ascii")
+    with contextlib.suppress(OSError):
+        (cgroup / "memory.swap.max").write_text("0", encoding="ascii")
+    for pid in _php_workers(ctx.stack):
+        with contextlib.suppress(OSError):
+            (cgroup / "cgroup.procs").write_text(str(pid), encoding="ascii")
+    hog = ctx.stack.web_root / HOG_SCRIPT
+    hog.write_text(
+        "<?php\nini_set('memory_limit', '-1');\n$a = [];\n"
+        "for ($i = 0; $i < 64; $i++) { $a[] = str_repeat('x', 8 * 1024 * 1024); }\necho count($a);\n",
+        encoding="utf-8",
+    )
+    hog.chmod(0o644)
+    ctx.state["oom"] = RequestLoop(
+        ctx.stack.nginx_port, (f"/{HOG_SCRIPT}",), interval=0.5, max_seconds=120.0, max_requests=240,
+        name="oom",
+    ).start()  # fmt: skip
+
+
+def _oom_heal(ctx: FaultContext) -> None:
+    loop = ctx.state.pop("oom", None)
+    if isinstance(loop, RequestLoop):
+        loop.stop()
+    (ctx.stack.web_root / HOG_SCRIPT).unlink(missing_ok=True)
+    cgroup = ctx.state.pop("oom_cgroup", None)
+    if isinstance(cgroup, Path):
+        ctx.services.restart("php_fpm")  # the respawned workers live in the unit's own cgroup again
+
+        def removed() -> bool:
+            try:
+                cgroup.rmdir()
+            except FileNotFoundError:
+                return True
+            except OSError:
+                return False
+            return True
+
+        wait_until(removed, 15.0, f"{cgroup} to be empty and removed")
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault("php_fpm_stopped", Cause.PHP_FPM_DOWN, "PHP-FPM stopped",
+          lambda ctx: ctx.services.stop("php_fpm"), _start_again("php_fpm")),
+    Fault("php_fpm_killed", Cause.PHP_FPM_DOWN, "PHP-FPM SIGKILLed (stale socket left behind)",
+          lambda ctx: ctx.services.kill("php_fpm"), _start_again("php_fpm")),
+    Fault("backend_stopped", Cause.BACKEND_DOWN, "backend stopped",
+          lambda ctx: ctx.services.stop("backend"), _start_again("backend")),
+    Fault("backend_unhealthy", Cause.BACKEND_UNHEALTHY, "backend /health answers 500",
+          lambda ctx: ctx.stack.set_backend_health(500), lambda ctx: ctx.stack.set_backend_health(200)),
+    Fault("socket_chowned_root", Cause.SOCKET_PERMISSION_DENIED, "PHP-FPM socket chowned root:root",
+          lambda ctx: ctx.stack.chown_socket("root", "root"), lambda ctx: ctx.stack.restore_socket_owner(),
+          _needs_root),
+    Fault("socket_dir_no_search", Cause.SOCKET_PERMISSION_DENIED, "socket folder without search permission",
+          lambda ctx: ctx.stack.set_run_dir_mode(0o700), lambda ctx: ctx.stack.set_run_dir_mode(0o755),
+          _needs_root),
+    Fault("backend_slow", Cause.UPSTREAM_TIMEOUT, "backend slower than proxy_read_timeout",
+          lambda ctx: ctx.stack.set_backend_delay(3.0), lambda ctx: ctx.stack.set_backend_delay(0.0)),
+    Fault("pool_exhausted", Cause.PHP_FPM_POOL_EXHAUSTED,
+          "pm.max_children 1 and concurrent slow requests", _pool_exhaust, _pool_heal),
+    Fault("nginx_config_broken", Cause.NGINX_CONFIG_INVALID,
+          "syntax error in the nginx config on disk, nginx still serving",
+          lambda ctx: ctx.stack.break_nginx_config(), lambda ctx: ctx.stack.restore_nginx_config()),
+    Fault("nginx_stopped", Cause.NGINX_DOWN, "nginx stopped",
+          lambda ctx: ctx.services.stop("nginx"), _start_again("nginx")),
+    Fault("disk_full", Cause.DISK_FULL, "the disk holding the logs and the socket full",
+          _disk_fill, _disk_heal, _disk_unavailable),
+    Fault("fastcgi_pass_other_version", Cause.SOCKET_PATH_MISMATCH,
+          "nginx fastcgi_pass pointed at PHP 8.3's socket and reloaded", _mismatch, _mismatch_heal),
+    Fault("oom_kill", Cause.MEMORY_EXHAUSTED, "a PHP worker OOM-killed in a memory-limited cgroup",
+          _oom_inject, _oom_heal, _oom_unavailable),
+)  # fmt: skip
+
+FAULTS_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
+
+
+def find_fault(name: str) -> Fault:
+    """A fault by its name or by its cause (the first fault of that cause)."""
+    if name in FAULTS_BY_NAME:
+        return FAULTS_BY_NAME[name]
+    for fault in FAULTS:
+        if name in (fault.cause.value, fault.alert):
+            return fault
+    known = ", ".join(f.name for f in FAULTS)
+    raise FaultError(f"unknown fault or cause {name!r} (known: {known}, or a cause name)")
