@@ -231,97 +231,147 @@ def _readable_file(value: object, source: str, key: str, base: Path, pem: bytes 
     return str(path)
 
 
+_TLS_KEY: Final = "tls_server_config"
+_CERTIFICATE_PEM: Final = b"-----BEGIN CERTIFICATE-----"
+
+_INLINE_PEM_KEYS: Final = (("cert", "cert_file"), ("key", "key_file"))
+"""Inline PEM keys of the toolkit, each with the ``*_file`` key to use instead."""
+
+_VERSION_DEFAULTS: Final = (("min_version", "TLS12"), ("max_version", "TLS13"))
+
+
 def _tls(value: object, source: str, base: Path) -> TLSSettings | None:
     if value is None:
         return None
-    tls = _mapping(value, source, "tls_server_config", _TLS_KEYS)
-    key = "tls_server_config"
-    for inline, instead in (("cert", "cert_file"), ("key", "key_file")):
+    tls = _mapping(value, source, _TLS_KEY, _TLS_KEYS)
+    _refuse_unsupported_tls_keys(tls, source)
+    auth = _client_auth_type(tls, source)
+    cert_file, key_file = _key_pair(tls, source, base)
+    ca_file, ca_inline = _client_ca(tls, source, base, auth)
+    sans = _str_list(tls.get("client_allowed_sans"), source, f"{_TLS_KEY}.client_allowed_sans")
+    if sans and auth != "RequireAndVerifyClientCert":
+        raise _err(
+            source, f"{_TLS_KEY}.client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert"
+        )
+    min_version, max_version = _tls_versions(tls, source)
+    return TLSSettings(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_auth_type=auth,
+        client_ca_file=ca_file,
+        client_ca=ca_inline,
+        client_allowed_sans=sans,
+        min_version=min_version,
+        max_version=max_version,
+        cipher_suites=_cipher_suites(tls, source),
+        prefer_server_cipher_suites=_prefer_server_cipher_suites(tls, source),
+    )
+
+
+def _refuse_unsupported_tls_keys(tls: dict[str, object], source: str) -> None:
+    """Refuse the toolkit keys Python's ssl module cannot honour (inline PEM, curve preferences)."""
+    for inline, instead in _INLINE_PEM_KEYS:
         if inline in tls:
             raise _err(
                 source,
-                f"{key}.{inline}",
+                f"{_TLS_KEY}.{inline}",
                 f"inline PEM is not supported by badgateway-exporter: use {instead}",
             )
     if "curve_preferences" in tls:
         raise _err(
             source,
-            f"{key}.curve_preferences",
+            f"{_TLS_KEY}.curve_preferences",
             "not supported by badgateway-exporter (OpenSSL defaults apply)",
         )
+
+
+def _client_auth_type(tls: dict[str, object], source: str) -> str:
+    """``client_auth_type`` (``NoClientCert`` when absent or empty), refusing unsupported ones."""
     auth = tls.get("client_auth_type", "NoClientCert")
     if auth == "":
         auth = "NoClientCert"
     if auth not in CLIENT_AUTH_TYPES and auth != "RequireClientCert":
         raise _err(
-            source, f"{key}.client_auth_type", f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}"
+            source,
+            f"{_TLS_KEY}.client_auth_type",
+            f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}",
         )
     if auth in _UNSUPPORTED_CLIENT_AUTH:
         raise _err(
             source,
-            f"{key}.client_auth_type",
+            f"{_TLS_KEY}.client_auth_type",
             f"{auth} (accept client certificates without verifying them) is not supported: "
             "use RequireAndVerifyClientCert or VerifyClientCertIfGiven with client_ca_file",
         )
+    return str(auth)
+
+
+def _key_pair(tls: dict[str, object], source: str, base: Path) -> tuple[str, str]:
+    """The readable ``(cert_file, key_file)``; both are required."""
     if not tls.get("cert_file") and not tls.get("key_file"):
-        raise _err(source, f"{key}.cert_file", "required key missing (with key_file)")
+        raise _err(source, f"{_TLS_KEY}.cert_file", "required key missing (with key_file)")
     if not tls.get("cert_file"):
-        raise _err(source, f"{key}.cert_file", "required key missing: key_file is set without cert_file")
+        raise _err(source, f"{_TLS_KEY}.cert_file", "required key missing: key_file is set without cert_file")
     if not tls.get("key_file"):
-        raise _err(source, f"{key}.key_file", "required key missing: cert_file is set without key_file")
-    cert_file = _readable_file(
-        tls["cert_file"], source, f"{key}.cert_file", base, b"-----BEGIN CERTIFICATE-----"
-    )
-    key_file = _readable_file(tls["key_file"], source, f"{key}.key_file", base, b"PRIVATE KEY-----")
+        raise _err(source, f"{_TLS_KEY}.key_file", "required key missing: cert_file is set without key_file")
+    cert_file = _readable_file(tls["cert_file"], source, f"{_TLS_KEY}.cert_file", base, _CERTIFICATE_PEM)
+    key_file = _readable_file(tls["key_file"], source, f"{_TLS_KEY}.key_file", base, b"PRIVATE KEY-----")
+    return cert_file, key_file
+
+
+def _client_ca(tls: dict[str, object], source: str, base: Path, auth: str) -> tuple[str | None, str | None]:
+    """``(client_ca_file, client_ca)``: at most one of them, and one exactly when ``auth`` asks."""
     ca_file = (
-        _readable_file(
-            tls["client_ca_file"], source, f"{key}.client_ca_file", base, b"-----BEGIN CERTIFICATE-----"
-        )
+        _readable_file(tls["client_ca_file"], source, f"{_TLS_KEY}.client_ca_file", base, _CERTIFICATE_PEM)
         if tls.get("client_ca_file") is not None
         else None
     )
     ca_inline = (
-        _str(tls["client_ca"], source, f"{key}.client_ca") if tls.get("client_ca") is not None else None
+        _str(tls["client_ca"], source, f"{_TLS_KEY}.client_ca") if tls.get("client_ca") is not None else None
     )
     if ca_file and ca_inline:
-        raise _err(source, f"{key}.client_ca", "set client_ca_file or client_ca, not both")
+        raise _err(source, f"{_TLS_KEY}.client_ca", "set client_ca_file or client_ca, not both")
     has_ca = bool(ca_file or ca_inline)
     if auth == "NoClientCert" and has_ca:
         raise _err(
-            source, f"{key}.client_auth_type", "client CAs are configured without a client auth policy"
+            source, f"{_TLS_KEY}.client_auth_type", "client CAs are configured without a client auth policy"
         )
     if auth != "NoClientCert" and not has_ca:
-        raise _err(source, f"{key}.client_ca_file", f"required with client_auth_type {auth}")
-    sans = _str_list(tls.get("client_allowed_sans"), source, f"{key}.client_allowed_sans")
-    if sans and auth != "RequireAndVerifyClientCert":
-        raise _err(source, f"{key}.client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert")
+        raise _err(source, f"{_TLS_KEY}.client_ca_file", f"required with client_auth_type {auth}")
+    return ca_file, ca_inline
+
+
+def _tls_versions(tls: dict[str, object], source: str) -> tuple[str, str]:
+    """``(min_version, max_version)``, each a key of :data:`TLS_VERSIONS`, min not above max."""
     versions = {}
-    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+    for name, default in _VERSION_DEFAULTS:
         version = tls.get(name, default)
         if version not in TLS_VERSIONS:
-            raise _err(source, f"{key}.{name}", f"expected one of {', '.join(TLS_VERSIONS)}, got {version!r}")
+            raise _err(
+                source, f"{_TLS_KEY}.{name}", f"expected one of {', '.join(TLS_VERSIONS)}, got {version!r}"
+            )
         versions[name] = str(version)
     if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
-        raise _err(source, f"{key}.min_version", "is above max_version")
-    suites = _str_list(tls.get("cipher_suites"), source, f"{key}.cipher_suites")
+        raise _err(source, f"{_TLS_KEY}.min_version", "is above max_version")
+    return versions["min_version"], versions["max_version"]
+
+
+def _cipher_suites(tls: dict[str, object], source: str) -> tuple[str, ...]:
+    """``cipher_suites``: each a Go (TLS 1.2) or TLS 1.3 suite name."""
+    suites = _str_list(tls.get("cipher_suites"), source, f"{_TLS_KEY}.cipher_suites")
     for index, suite in enumerate(suites):
         if suite not in GO_CIPHER_SUITES and suite not in TLS13_CIPHER_SUITES:
-            raise _err(source, f"{key}.cipher_suites[{index}]", f"unknown cipher suite {suite!r}")
+            raise _err(source, f"{_TLS_KEY}.cipher_suites[{index}]", f"unknown cipher suite {suite!r}")
+    return suites
+
+
+def _prefer_server_cipher_suites(tls: dict[str, object], source: str) -> bool:
     prefer = tls.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
-        raise _err(source, f"{key}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}")
-    return TLSSettings(
-        cert_file=cert_file,
-        key_file=key_file,
-        client_auth_type=str(auth),
-        client_ca_file=ca_file,
-        client_ca=ca_inline,
-        client_allowed_sans=sans,
-        min_version=versions["min_version"],
-        max_version=versions["max_version"],
-        cipher_suites=suites,
-        prefer_server_cipher_suites=prefer,
-    )
+        raise _err(
+            source, f"{_TLS_KEY}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}"
+        )
+    return prefer
 
 
 def build_ssl_context(tls: TLSSettings, source: str) -> ssl.SSLContext:

@@ -55,7 +55,7 @@ class Timeout:
 class UpstreamTarget:
     """One place nginx sends requests to: a unix socket or ``host:port``."""
 
-    address: str  # "/run/php/php8.3-fpm.sock" or "127.0.0.1:8000"
+    address: str  # "/run/php/php8.2-fpm.sock" or "127.0.0.1:8000"
     origin: Origin  # the ``*_pass`` line, or the ``server`` line of the upstream block
     upstream: str | None = None  # name of the ``upstream {}`` block it came through
 

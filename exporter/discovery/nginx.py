@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,8 +192,33 @@ def _upstream(walk: _Walk, name: str, block: list[tuple[Stmt, str]]) -> None:
     walk.upstreams[name] = servers
 
 
+_PASS_CONTEXTS = ("location", "if", "limit_except")
+"""The contexts whose ``*_pass`` directives are collected."""
+
+_BLOCK_PARENTS = {
+    "server": ("http",),
+    "location": ("server", "location"),
+    "if": ("server", "location", "if"),
+    "limit_except": ("server", "location", "if"),
+}
+"""The block directives walked into, each with the contexts it is walked into from."""
+
+
 def _walk_block(walk: _Walk, block: list[tuple[Stmt, str]], parent: _Scope, context: str) -> None:
     scope = parent.child()
+    _scope_directives(walk, block, scope, context)
+    if context == "server":
+        _server_listens(walk, block, scope)
+    for stmt, file in block:
+        name, args = str(stmt.get("directive")), _args(stmt)
+        if name in PASS_DIRECTIVES and args and context in _PASS_CONTEXTS:
+            walk.passes.append(_pass(walk, name, args[0], _origin(stmt, file), scope))
+        elif "block" in stmt and context in _BLOCK_PARENTS.get(name, ()):
+            _walk_nested(walk, stmt, file, scope, context)
+
+
+def _scope_directives(walk: _Walk, block: list[tuple[Stmt, str]], scope: _Scope, context: str) -> None:
+    """Put the block's own ``*_timeout`` and ``server_name`` into ``scope``; add its error logs."""
     for stmt, file in block:
         name, args = str(stmt.get("directive")), _args(stmt)
         if name.endswith("_timeout") and args and name.split("_", 1)[0] in PASS_DIRECTIVES.values():
@@ -203,38 +227,36 @@ def _walk_block(walk: _Walk, block: list[tuple[Stmt, str]], parent: _Scope, cont
             _add_log(walk, args[0], _origin(stmt, file))
         elif name == "server_name" and context == "server":
             scope.server_names = tuple(args)
-    if context == "server":
-        listen_stmts = [(s, f) for s, f in block if s.get("directive") == "listen" and _args(s)]
-        scope.listens = tuple(_args(s)[0] for s, _ in listen_stmts)
-        if not listen_stmts:
-            walk.listens.append(
-                Listen(
-                    None,
-                    80,
-                    None,
-                    False,
-                    False,
-                    Origin("default", note="no listen: *:80"),
-                    scope.server_names,
-                )
+
+
+def _server_listens(walk: _Walk, block: list[tuple[Stmt, str]], scope: _Scope) -> None:
+    """Add a server block's listens (nginx's ``*:80`` when it has none) and put them in ``scope``."""
+    listen_stmts = [(s, f) for s, f in block if s.get("directive") == "listen" and _args(s)]
+    scope.listens = tuple(_args(s)[0] for s, _ in listen_stmts)
+    if not listen_stmts:
+        walk.listens.append(
+            Listen(
+                None,
+                80,
+                None,
+                False,
+                False,
+                Origin("default", note="no listen: *:80"),
+                scope.server_names,
             )
-        for stmt, file in listen_stmts:
-            walk.listens.append(_listen(_args(stmt), _origin(stmt, file), scope.server_names))
-    for stmt, file in block:
-        name, args = str(stmt.get("directive")), _args(stmt)
-        if name in PASS_DIRECTIVES and args and context in ("location", "if", "limit_except"):
-            walk.passes.append(_pass(walk, name, args[0], _origin(stmt, file), scope))
-        elif "block" in stmt:
-            if name == "server" and context == "http":
-                _walk_block(walk, _flatten(walk, stmt["block"], file), scope, "server")
-            elif name == "location" and context in ("server", "location"):
-                child = scope.child()
-                child.location = " ".join(args)
-                _walk_block(walk, _flatten(walk, stmt["block"], file), child, "location")
-            elif name in ("if", "limit_except") and context in ("server", "location", "if"):
-                _walk_block(
-                    walk, _flatten(walk, stmt["block"], file), scope, name if context != "server" else "if"
-                )
+        )
+    for stmt, file in listen_stmts:
+        walk.listens.append(_listen(_args(stmt), _origin(stmt, file), scope.server_names))
+
+
+def _walk_nested(walk: _Walk, stmt: Stmt, file: str, scope: _Scope, context: str) -> None:
+    """Walk a ``server``, ``location``, ``if`` or ``limit_except`` block met in ``context``."""
+    name = str(stmt.get("directive"))
+    if name == "location":
+        scope = scope.child()
+        scope.location = " ".join(_args(stmt))
+    nested_context = "if" if name == "limit_except" and context == "server" else name
+    _walk_block(walk, _flatten(walk, stmt["block"], file), scope, nested_context)
 
 
 def _listen(args: list[str], origin: Origin, names: tuple[str, ...]) -> Listen:
@@ -315,11 +337,3 @@ def _resolve(
         default_port = 443 if scheme in ("https", "grpcs") else 80
         host_port = f"{host_port}:{default_port}"
     return scheme, (UpstreamTarget(listen_address(host_port), origin),), None
-
-
-def iter_pass_targets(facts: NginxFacts, directive: str) -> Iterator[tuple[Pass, UpstreamTarget]]:
-    """Every (pass directive, target) pair of one kind."""
-    for item in facts.passes:
-        if item.directive == directive:
-            for target in item.targets:
-                yield item, target

@@ -111,7 +111,7 @@ NginxKey = tuple[bytes, bytes]
 def classify_nginx(line: bytes) -> tuple[str, str | None]:
     """Return ``(kind, upstream)`` for one nginx error.log line (without or with its newline).
 
-    ``upstream`` is the normalised address (``unix:/run/php/php8.3-fpm.sock``,
+    ``upstream`` is the normalised address (``unix:/run/php/php8.2-fpm.sock``,
     ``127.0.0.1:8000``, ``[::1]:8080``) or None when the line names none or is not an upstream
     failure (``kind == "none"``).
     """
@@ -290,55 +290,87 @@ def _classify_general(line: bytes) -> tuple[str, str | None]:
     return kind, _field_address(line, end) or _connect_address(line[:end])
 
 
+BytesFind = Callable[..., int]
+"""A message's bound ``find``: deciders search through the one :func:`_message_kind` made."""
+
+KindDecider = Callable[[BytesFind, bytes, int], str | None]
+"""Given ``(message.find, message, where the row's phrase starts)``: the kind, or None to walk on."""
+
+_TIMEOUT_PHASES: Final[dict[bytes, str]] = {b"c": CONNECT_TIMEOUT, b"S": SSL_HANDSHAKE_FAILED}
+"""The first letter after ``upstream timed out (...) while ``: connecting, SSL handshaking; else reading."""
+
+
+def _timed_out_kind(find: BytesFind, message: bytes, i: int) -> str:
+    """``upstream timed out (110: ...) while PHASE``: the phase names the kind."""
+    w = find(b" while ", i + 18)
+    return _TIMEOUT_PHASES.get(message[w + 7 : w + 8], READ_TIMEOUT) if w > 0 else READ_TIMEOUT
+
+
+def _ssl_handshake_kind(find: BytesFind, message: bytes, i: int) -> str | None:
+    """``SSL_do_handshake() failed (SSL: ...) while SSL handshaking``; None without ``SSL``."""
+    return SSL_HANDSHAKE_FAILED if find(b"SSL") >= 0 else None
+
+
+def _failed_call_kind(find: BytesFind, message: bytes, i: int) -> str:
+    """``CALL() failed (ERRNO: ...) ... upstream``: the errno names the kind."""
+    if find(b"upstream", i) < 0:
+        return NONE
+    j = find(b":", i + 8, i + 14)
+    errno = message[i + 8 : j] if j > 0 else b""
+    if errno == b"110":
+        return CONNECT_TIMEOUT if find(b"while connecting to upstream", i) >= 0 else READ_TIMEOUT
+    kind = _ERRNO_KIND.get(errno, OTHER_UPSTREAM)
+    if errno in _CONNECT_ONLY and find(b"connect()", 0, i) < 0:
+        kind = OTHER_UPSTREAM
+    return _other_upstream_kind(find) if kind == OTHER_UPSTREAM else kind
+
+
+def _upstream_sent_kind(find: BytesFind, message: bytes, i: int) -> str:
+    """``upstream sent ...``: a too big header, an invalid one, or something else it should not."""
+    if find(b"too big header", i) >= 0:
+        return HEADER_TOO_BIG
+    if find(b"invalid", i) >= 0 or find(b"no valid", i) >= 0:
+        return INVALID_HEADER
+    return _other_upstream_kind(find)
+
+
+def _other_upstream_kind(find: BytesFind) -> str:
+    """``other_upstream``, unless the message is one of :data:`_NOT_FAILURES`."""
+    for phrase in _NOT_FAILURES:
+        if find(phrase) >= 0:
+            return NONE
+    return OTHER_UPSTREAM
+
+
+_MESSAGE_KINDS: Final[tuple[tuple[bytes, str | KindDecider], ...]] = (
+    # FastCGI stderr: PHP's own output ("Primary script unknown", PHP warnings), may say anything.
+    (b"sent in stderr", NONE),
+    (b"upstream timed out", _timed_out_kind),
+    (b"handshak", _ssl_handshake_kind),
+    (b"failed (", _failed_call_kind),
+    (b"upstream prematurely closed", PREMATURE_CLOSE),
+    (b"no live upstreams", NO_LIVE_UPSTREAMS),
+    (b"upstream sent ", _upstream_sent_kind),
+    *((phrase, NONE) for phrase in _NOT_FAILURES),
+    *((phrase, OTHER_UPSTREAM) for phrase in _UPSTREAM_CONTEXT),
+)
+"""``(phrase, kind or decider)``, walked in order: the first row whose phrase the message holds
+names its kind, or its decider does (a decider returning None walks on). No row: ``none``."""
+
+
 def _message_kind(line: bytes, end: int) -> str:
     """The kind named by ``line[:end]``, nginx's message (and whatever precedes it)."""
-    find = line.find
-    if find(b"sent in stderr", 0, end) >= 0:
-        # FastCGI stderr: PHP's own output ("Primary script unknown", PHP warnings), may say anything.
-        return NONE
-    if (i := find(b"upstream timed out", 0, end)) >= 0:
-        w = find(b" while ", i + 18, end)
-        what = line[w + 7 : w + 8] if w > 0 else b""
-        kind = CONNECT_TIMEOUT if what == b"c" else SSL_HANDSHAKE_FAILED if what == b"S" else READ_TIMEOUT
-    elif find(b"handshak", 0, end) >= 0 and find(b"SSL", 0, end) >= 0:
-        kind = SSL_HANDSHAKE_FAILED
-    elif (i := find(b"failed (", 0, end)) >= 0:
-        if find(b"upstream", i, end) < 0:
-            return NONE
-        j = find(b":", i + 8, i + 14)
-        errno = line[i + 8 : j] if j > 0 else b""
-        if errno == b"110":
-            kind = CONNECT_TIMEOUT if find(b"while connecting to upstream", i, end) >= 0 else READ_TIMEOUT
-        else:
-            kind = _ERRNO_KIND.get(errno, OTHER_UPSTREAM)
-            if errno in _CONNECT_ONLY and find(b"connect()", 0, i) < 0:
-                kind = OTHER_UPSTREAM
-    elif find(b"upstream prematurely closed", 0, end) >= 0:
-        kind = PREMATURE_CLOSE
-    elif find(b"no live upstreams", 0, end) >= 0:
-        kind = NO_LIVE_UPSTREAMS
-    elif (i := find(b"upstream sent ", 0, end)) >= 0:
-        if find(b"too big header", i, end) >= 0:
-            kind = HEADER_TOO_BIG
-        elif find(b"invalid", i, end) >= 0 or find(b"no valid", i, end) >= 0:
-            kind = INVALID_HEADER
-        else:
-            kind = OTHER_UPSTREAM
-    else:
-        for phrase in _NOT_FAILURES:
-            if find(phrase, 0, end) >= 0:
-                return NONE
-        for phrase in _UPSTREAM_CONTEXT:
-            if find(phrase, 0, end) >= 0:
-                kind = OTHER_UPSTREAM
-                break
-        else:
-            return NONE
-    if kind == OTHER_UPSTREAM:
-        for phrase in _NOT_FAILURES:
-            if find(phrase, 0, end) >= 0:
-                return NONE
-    return kind
+    message = line[:end]  # the same object when end == len(line); find(phrase) beats find(phrase, 0, end)
+    find = message.find
+    for phrase, kind in _MESSAGE_KINDS:
+        i = find(phrase)
+        if i >= 0:
+            if isinstance(kind, str):
+                return kind
+            decided = kind(find, message, i)
+            if decided is not None:
+                return decided
+    return NONE
 
 
 def upstream_address(raw: bytes) -> str | None:
