@@ -6,21 +6,14 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from types import FrameType
 
 from exporter import __version__
-from exporter.causes import CAUSES
-from exporter.config import Config, ConfigError, load_config
-from exporter.diagnosis import Diagnosis, Finding, Verdict
-from exporter.logs.finding import log_finding
-from exporter.logs.metrics import log_families
-from exporter.logs.tailer import LogWatcher
-from exporter.server import Exporter, make_server
+from exporter.app import diagnose_once, serving, stop_on_signals
+from exporter.config import Config, ConfigError
+from exporter.diagnosis.render import diagnosis_json, render_text
+from exporter.discovery.merge import load_config
 from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "badgateway-exporter"
@@ -141,15 +134,15 @@ def _logs_main() -> Callable[[list[str]], int]:
 
 
 def _rules_main() -> Callable[[list[str]], int]:
-    from exporter.rules import main
+    from exporter.mixin.cli import rules_main
 
-    return main
+    return rules_main
 
 
 def _dashboards_main() -> Callable[[list[str]], int]:
-    from exporter.grafana import main
+    from exporter.mixin.cli import dashboards_main
 
-    return main
+    return dashboards_main
 
 
 def _demo_main() -> Callable[[list[str]], int]:
@@ -166,134 +159,36 @@ _PASSTHROUGH: dict[str, Callable[[], Callable[[list[str]], int]]] = {
 }
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (installed in the main thread)."""
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    return stop
-
-
 def serve(
     config: Config, web_config: WebConfig | None = None, reload: Callable[[], Config] | None = None
 ) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT."""
-    watcher = LogWatcher(config.logs)
-    watcher.start()
-    exporter = Exporter(config, [log_families(watcher)], reload)
     try:
-        server = make_server(exporter, config.listen_address, web_config)
+        with serving(config, web_config, reload) as running:
+            stop = stop_on_signals()
+            host, port = running.server.server_address[:2]
+            log.info(
+                "badgateway-exporter %s listening on %s://%s:%s",
+                __version__,
+                running.server.scheme,
+                host,
+                port,
+            )
+            stop.wait()
+            log.info("shutting down")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        exporter.close()
-        watcher.stop()
         print(f"{PROG}: cannot listen on {config.listen_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    stop = stop_on_signals()
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    log.info("badgateway-exporter %s listening on %s://%s:%s", __version__, server.scheme, host, port)
-    stop.wait()
-    log.info("shutting down")
-    server.shutdown()
-    server.server_close()
-    exporter.close()
-    watcher.stop()
     return 0
-
-
-_MARKS = {Verdict.OK: "ok  ", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip"}
-_COLORS = {Verdict.OK: "32", Verdict.WARN: "33", Verdict.FAIL: "31;1", Verdict.SKIP: "90"}
 
 
 def run_diagnose(config: Config, output_format: str, timeout: float | None) -> int:
     """Run every check once; exit 0 healthy, 1 when a cause or a gateway error is found."""
-    exporter = Exporter(config)
-    try:
-        _, diagnosis = exporter.check(timeout or config.scrape_timeout_seconds)
-    finally:
-        exporter.close()
-    diagnosis = with_log_evidence(diagnosis, log_finding(config.logs))
+    diagnosis = diagnose_once(config, timeout)
     if output_format == "json":
         print(json.dumps(diagnosis_json(diagnosis), indent=2))
     else:
         print(render_text(diagnosis, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
     return 0 if diagnosis.healthy else 1
-
-
-def with_log_evidence(diagnosis: Diagnosis, logs: Finding) -> Diagnosis:
-    """Insert the log step after the service steps, where the runbook reads the logs."""
-    findings = list(diagnosis.findings)
-    position = next(
-        (i for i, f in enumerate(findings) if not f.step.startswith(("process:", "unit:", "units"))),
-        len(findings),
-    )
-    findings.insert(position, logs)
-    return replace(diagnosis, findings=tuple(findings))
-
-
-def _finding_json(finding: Finding) -> dict[str, object]:
-    return {
-        "step": finding.step,
-        "title": finding.title,
-        "verdict": finding.verdict.value,
-        "evidence": list(finding.evidence),
-        "cause": finding.cause.value if finding.cause else None,
-        "fix": list(finding.fix),
-    }
-
-
-def diagnosis_json(diagnosis: Diagnosis) -> dict[str, object]:
-    """The diagnosis as a JSON-able document (``diagnose --format json``)."""
-    causes = []
-    for cause in sorted(diagnosis.causes):
-        info = CAUSES[cause]
-        fixes = [list(f.fix) for f in diagnosis.findings if f.cause == cause and f.verdict == Verdict.FAIL]
-        causes.append(
-            {"cause": cause.value, "title": info.title, "alert": info.alert, "runbook": info.runbook_path,
-             "fix": fixes[0] if fixes else []}
-        )  # fmt: skip
-    return {
-        "healthy": diagnosis.healthy,
-        "causes": causes,
-        "gateway_errors": list(diagnosis.gateway_errors),
-        "findings": [_finding_json(f) for f in diagnosis.findings],
-    }
-
-
-def render_text(diagnosis: Diagnosis, color: bool = False) -> str:
-    """The diagnosis for a person at a terminal: each step, its evidence, the verdict and the fix."""
-
-    def paint(text: str, code: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if color else text
-
-    lines = []
-    for finding in diagnosis.findings:
-        mark = paint(f"[{_MARKS[finding.verdict]}]", _COLORS[finding.verdict])
-        lines.append(f"{mark} {finding.title}")
-        lines.extend(f"       {item}" for item in finding.evidence)
-        if finding.verdict in (Verdict.FAIL, Verdict.WARN):
-            if finding.cause:
-                lines.append(f"       cause: {finding.cause.value}")
-            lines.extend(f"       fix:   {command}" for command in finding.fix)
-    lines.append("")
-    if diagnosis.healthy:
-        lines.append(paint("Verdict: no cause of 502/504 found.", "32;1"))
-        return "\n".join(lines)
-    if diagnosis.causes:
-        lines.append(paint(f"Verdict: {len(diagnosis.causes)} cause(s) of 502/504 found:", "31;1"))
-        for cause in sorted(diagnosis.causes):
-            info = CAUSES[cause]
-            lines.append(f"  {cause.value}: {info.title} (runbook: {info.runbook_path})")
-            first = next(f for f in diagnosis.findings if f.cause == cause and f.verdict == Verdict.FAIL)
-            lines.extend(f"      {command}" for command in first.fix)
-    if diagnosis.gateway_errors:
-        lines.append("Gateway errors seen: " + "; ".join(diagnosis.gateway_errors))
-    return "\n".join(lines)

@@ -26,7 +26,7 @@ class ConfigError(Exception):
 class PhpFpmPool:
     """A PHP-FPM listener to probe: a unix socket path or ``host:port``."""
 
-    socket: str = "/run/php/php8.3-fpm.sock"
+    socket: str = "/run/php/php-fpm.sock"  # discovery puts the sockets nginx passes to here
     ping_path: str | None = "/ping"
     ping_response: str = "pong"
     status_path: str | None = "/status"
@@ -72,7 +72,7 @@ class Units:
 
     nginx: str = "nginx.service"
     php_fpm: str | None = None  # None: the php*-fpm.service installed on the host, else php-fpm.service
-    backend: str = "iiko-backend.service"
+    backend: str | None = None  # None: the unit whose ExecStart runs the backend (uvicorn, gunicorn, ...)
     enabled: bool = True
     bus_address: str | None = None  # default: $DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket
 
@@ -140,24 +140,6 @@ class Config:
     )
 
 
-def load_config(path: str | None, flags: dict[str, tuple[str, object]] | None = None) -> Config:
-    """Read ``path`` (or start from the defaults), apply ``flags``, then fill in what discovery finds.
-
-    ``flags`` maps a top-level key to ``(flag name, value)``, e.g.
-    ``{"listen_address": ("--web.listen-address", ":9502")}``. Explicit values always win.
-    """
-    data, lines = read_yaml(path) if path is not None else ({}, {})
-    source = path or "<defaults>"
-    flag_names: dict[str, str] = {}
-    for key, (name, value) in (flags or {}).items():
-        data[key] = value
-        flag_names[key] = name
-    explicit = config_from_dict(data, source)
-    from exporter.discovery.merge import discover_and_merge
-
-    return discover_and_merge(explicit, data, source, lines, flag_names)
-
-
 def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
     """The YAML mapping in ``path`` and the line of every key path in it."""
     data, text = load_yaml_file(path)
@@ -213,12 +195,6 @@ def config_from_dict(data: object, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a :class:`Config`."""
     config = typing.cast(Config, _build(Config, data, source, ""))
     _check_values(config, source)
-    if config.units.php_fpm is None:
-        from exporter.checks.units import default_php_fpm_unit
-
-        config = dataclasses.replace(
-            config, units=dataclasses.replace(config.units, php_fpm=default_php_fpm_unit())
-        )
     return config
 
 
@@ -260,56 +236,82 @@ def _describe(tp: Any) -> str:
 
 
 def _build(tp: Any, value: object, source: str, key: str) -> object:
-    where = f"{source}: {key or '<top level>'}"
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _build(arg, value, source, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return _build_union(tp, value, source, key)
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
-        return value
+        return _build_literal(tp, value, source, key)
     if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_type,) = typing.get_args(tp)
-        return [_build(item_type, item, source, f"{key}[{i}]") for i, item in enumerate(value)]
+        return _build_list(tp, value, source, key)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        known = {f.name for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
-        kwargs: dict[str, object] = {}
-        for name, item in value.items():
-            sub = f"{key}.{name}" if key else str(name)
-            if name not in known:
-                raise ConfigError(f"{source}: {sub}: unknown key")
-            kwargs[name] = _build(hints[name], item, source, sub)
-        missing = [
-            f.name
-            for f in dataclasses.fields(tp)
-            if f.name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise ConfigError(f"{source}: {key + '.' if key else ''}{missing[0]}: required key missing")
-        return tp(**kwargs)
+        return _build_dataclass(tp, value, source, key)
+    return _build_scalar(tp, value, source, key)
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key or '<top level>'}"
+
+
+def _build_union(tp: Any, value: object, source: str, key: str) -> object:
+    """The first member of the union ``tp`` that ``value`` builds as (None for null when allowed)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _build(arg, value, source, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{_where(source, key)}: expected {_describe(tp)}, got {value!r}")
+
+
+def _build_literal(tp: Any, value: object, source: str, key: str) -> object:
+    if value not in typing.get_args(tp):
+        raise ConfigError(f"{_where(source, key)}: expected {_describe(tp)}, got {value!r}")
+    return value
+
+
+def _build_list(tp: Any, value: object, source: str, key: str) -> list[object]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{_where(source, key)}: expected a list, got {value!r}")
+    (item_type,) = typing.get_args(tp)
+    return [_build(item_type, item, source, f"{key}[{i}]") for i, item in enumerate(value)]
+
+
+def _build_dataclass(tp: type, value: object, source: str, key: str) -> object:
+    """An instance of the dataclass ``tp`` from a mapping: no unknown keys, no required key missing."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(source, key)}: expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(tp)
+    fields = dataclasses.fields(tp)
+    known = {f.name for f in fields if not f.metadata.get("internal")}
+    kwargs: dict[str, object] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}" if key else str(name)
+        if name not in known:
+            raise ConfigError(f"{source}: {sub}: unknown key")
+        kwargs[name] = _build(hints[name], item, source, sub)
+    missing = [f.name for f in fields if f.name not in kwargs and _is_required(f)]
+    if missing:
+        raise ConfigError(f"{source}: {key + '.' if key else ''}{missing[0]}: required key missing")
+    return tp(**kwargs)
+
+
+def _is_required(f: dataclasses.Field[Any]) -> bool:
+    """Whether the field has neither a default nor a default factory."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _build_scalar(tp: Any, value: object, source: str, key: str) -> object:
+    """A float (from an int or a float, never a bool), or an int, bool or str of exactly that type."""
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: expected a number, got {value!r}")
         return float(value)
     if tp is int or tp is bool or tp is str:
         if type(value) is not tp:
-            raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: expected {_describe(tp)}, got {value!r}")
         return value
-    raise ConfigError(f"{where}: unsupported type {tp!r}")
+    raise ConfigError(f"{_where(source, key)}: unsupported type {tp!r}")

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.causes import Cause
+from exporter.causes import FACT_LABELS, Cause, Finding
 from exporter.checks import fastcgi, http, nginx_config, processes, resources, sockets, units
 from exporter.config import Config
 from exporter.diagnosis import Diagnosis
-from exporter.discovery import metrics as discovery_metrics
+from exporter.logs import metrics as log_metrics
 from exporter.rounds import RoundResults
+
+DISCOVERY_SOURCES = ("nginx", "php_fpm")
+MAX_FIX_CHARS = 1024
 
 
 def round_metric_families(results: RoundResults, diagnosis: Diagnosis, config: Config) -> Iterator[Metric]:
@@ -30,7 +33,15 @@ def round_metric_families(results: RoundResults, diagnosis: Diagnosis, config: C
         yield from nginx_config.metric_families(results.nginx_config)
     if results.units is not None:
         yield from units.metric_families(results.units)
-    yield from discovery_metrics.metric_families(results, config)
+    if results.logs is not None and results.logs.snapshot is not None:
+        yield from log_metrics.metric_families(results.logs.snapshot)
+    yield from discovery_families(results, config)
+    yield from cause_families(diagnosis)
+    yield from exporter_families(results)
+
+
+def cause_families(diagnosis: Diagnosis) -> Iterator[Metric]:
+    """The verdict: ``badgateway_cause`` for every cause, ``badgateway_cause_info`` for the active ones."""
     cause = GaugeMetricFamily(
         "badgateway_cause",
         "1 for each cause of 502/504 the diagnosis currently finds, 0 for the others.",
@@ -39,6 +50,54 @@ def round_metric_families(results: RoundResults, diagnosis: Diagnosis, config: C
     for name in Cause:
         cause.add_metric([name.value], float(name in diagnosis.causes))
     yield cause
+    info = GaugeMetricFamily(
+        "badgateway_cause_info",
+        "What the diagnosis found for each active cause: the unit, socket, file and line, and the fix"
+        " (its lines joined by newlines), as diagnose prints them.",
+        labels=["cause", *FACT_LABELS, "fix"],
+    )
+    for active in sorted(diagnosis.causes):
+        for fix, facts in _distinct_fixes(diagnosis.evidence.get(active, ())):
+            info.add_metric([active.value, *facts, fix], 1.0)
+    yield info
+
+
+def _distinct_fixes(findings: Sequence[Finding]) -> list[tuple[str, tuple[str, ...]]]:
+    """One ``(fix, facts)`` per distinct fix, in the findings' order; each fact from the first finding that has it."""
+    merged: dict[str, list[str]] = {}
+    for finding in findings:
+        fix = "\n".join(finding.fix)[:MAX_FIX_CHARS]
+        facts = merged.setdefault(fix, ["" for _ in FACT_LABELS])
+        for i, value in enumerate(finding.facts.labels()):
+            facts[i] = facts[i] or value
+    return [(fix, tuple(facts)) for fix, facts in merged.items()]
+
+
+def discovery_families(results: RoundResults, config: Config) -> Iterator[Metric]:
+    """``fastcgi_socket_alternative`` and ``discovery_config_errors``."""
+    alternative = GaugeMetricFamily(
+        "badgateway_fastcgi_socket_alternative",
+        "1 when the socket is missing but a PHP-FPM pool found in the configuration listens on `alternative`.",
+        labels=["socket", "alternative"],
+    )
+    for path, alternatives in results.socket_alternatives:
+        for other in alternatives:
+            alternative.add_metric([path, other], 1.0)
+    yield alternative
+    discovered = config.discovered
+    if discovered is not None and config.discovery.enabled:
+        errors = GaugeMetricFamily(
+            "badgateway_discovery_config_errors",
+            "Problems (unreadable file, syntax error) found reading nginx's or PHP-FPM's configuration.",
+            labels=["source"],
+        )
+        for source in DISCOVERY_SOURCES:
+            errors.add_metric([source], float(sum(1 for p in discovered.problems if p.source == source)))
+        yield errors
+
+
+def exporter_families(results: RoundResults) -> Iterator[Metric]:
+    """The exporter's own health: per-collector success and duration, the deadline, the version."""
     success = GaugeMetricFamily(
         "badgateway_collector_success",
         "1 if the collector finished in time without error.",

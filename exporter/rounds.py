@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.checks import Check
+from exporter.checks.analysis import socket_alternatives
 from exporter.checks.fastcgi import FastCGICheck, FastCGIResult
 from exporter.checks.http import HttpCheck, HttpResult
+from exporter.checks.logs import LogsCheck, LogsResult
 from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
 from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult
@@ -22,8 +23,8 @@ from exporter.checks.sockets import SocketResult, SocketsCheck
 from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config
 from exporter.deadline import Deadline
-from exporter.discovery.model import ConfigProblem, NginxFacts
-from exporter.discovery.nginx import discover_nginx
+from exporter.discovery.units import default_php_fpm_unit
+from exporter.logs.tailer import LogWatcher
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,18 @@ class RoundResults:
     resources: ResourcesResult | None = None
     nginx_config: NginxConfigResult | None = None
     units: UnitsResult | None = None
+    logs: LogsResult | None = None
     collectors: tuple[CollectorOutcome, ...] = field(default=())
     # OOM kills the kernel counted within thresholds.oom_kill_window_seconds (None: not counted).
     recent_oom_kills: int | None = None
+    # Missing socket -> the live sockets of discovered pools listening instead (computed once a round).
+    socket_alternatives: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Slowest duration of each probe ("http:<target>", "fastcgi:<socket>") over the last rounds.
     slowest_probe_seconds: tuple[tuple[str, float], ...] = ()
+
+    def alternatives_of(self, socket: str) -> tuple[str, ...]:
+        """The live sockets discovered pools listen on instead of the missing ``socket``."""
+        return next((found for path, found in self.socket_alternatives if path == socket), ())
 
     def slowest(self, key: str) -> float | None:
         """The slowest observed duration of probe ``key``, if any."""
@@ -65,52 +73,32 @@ class RoundResults:
 
 @dataclass
 class _Task:
-    collector: str
-    run: Callable[[Deadline], Any]
+    check: Check[Any]
     running: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def collector(self) -> str:
+        return self.check.collector
 
-class Prober:
-    """Owns the checks built from the configuration and runs them in rounds."""
+
+class NginxTestOrParse:
+    """``nginx -t``; when it gives no verdict (not root, no binary), what discovery's parse says.
+
+    Discovery runs again whenever the files change (the app watches them), so its syntax error is
+    that of the files on disk.
+    """
+
+    collector = NginxConfigCheck.collector
 
     def __init__(self, config: Config) -> None:
-        self.config = config
-        unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
-        self._http_checks = [HttpCheck(target) for target in config.http]
-        # Checks that wait for a peer (backend, PHP-FPM, systemd) start first, so their requests are
-        # in flight while the local checks, which only need the CPU, run.
-        self._tasks: list[_Task] = [_Task(HttpCheck.collector, check.run) for check in self._http_checks]
-        self._tasks += [_Task(FastCGICheck.collector, FastCGICheck(pool).run) for pool in config.php_fpm]
-        self._units_check: UnitsCheck | None = None
-        if config.units.enabled:
-            names = [config.units.nginx, config.units.php_fpm or "php-fpm.service", config.units.backend]
-            self._units_check = UnitsCheck(names, config.units.bus_address)
-            self._tasks.append(_Task(UnitsCheck.collector, self._units_check.run))
-        self._tasks += [
-            _Task(SocketsCheck.collector, SocketsCheck(unix_sockets, config.nginx_user).run),
-            _Task(ProcessesCheck.collector, ProcessesCheck(config.processes).run),
-            _Task(ResourcesCheck.collector, ResourcesCheck(config.filesystems).run),
-        ]
-        if config.nginx.test:
-            self._nginx_check = NginxConfigCheck(config.nginx)
-            self._tasks.append(_Task(NginxConfigCheck.collector, self._nginx_test))
-        self._syntax_cache: tuple[tuple[tuple[str, float], ...], ConfigProblem | None] | None = None
-        # Per probe: (minute, slowest duration in that minute), oldest first; at most a window's worth.
-        self._slowest_by_minute: dict[str, deque[tuple[int, float]]] = {}
-        self._oom_kills = OomKillWindow(config.thresholds.oom_kill_window_seconds)
-        # One thread per task is enough: a task still running from an earlier round is not started again.
-        self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
-        self._lock = threading.Lock()
-        self._inflight: Future[RoundResults] | None = None
+        self._check = NginxConfigCheck(config.nginx)
+        self._discovered = config.discovered
 
-    def _nginx_test(self, deadline: Deadline) -> NginxConfigResult:
-        """``nginx -t``; when it gives no verdict (not root, no binary), what parsing the files says."""
-        result = self._nginx_check.run(deadline)
-        discovered = self.config.discovered
-        if result.valid is not None or discovered is None or discovered.nginx is None:
-            return result
-        problem = self._syntax_problem(discovered.nginx)
-        if problem is None:
+    def run(self, deadline: Deadline) -> NginxConfigResult:
+        result = self._check.run(deadline)
+        nginx = self._discovered.nginx if self._discovered is not None else None
+        problem = nginx.syntax_error if nginx is not None else None
+        if result.valid is not None or problem is None:
             return result
         return dataclasses.replace(
             result,
@@ -121,15 +109,46 @@ class Prober:
             line=problem.line,
         )
 
-    def _syntax_problem(self, facts: NginxFacts) -> ConfigProblem | None:
-        """A syntax error in the nginx files, parsed again only when one of them changed."""
-        stamps = tuple((path, _mtime(path)) for path in (facts.main_file, *facts.files))
-        if self._syntax_cache is not None and self._syntax_cache[0] == stamps:
-            return self._syntax_cache[1]
-        fresh = discover_nginx(facts.main_file, self.config.nginx.prefix)
-        stamps = tuple((path, _mtime(path)) for path in (fresh.main_file, *fresh.files))
-        self._syntax_cache = (stamps, fresh.syntax_error)
-        return fresh.syntax_error
+
+def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]:
+    """Every check the configuration asks for, those that wait for a peer first.
+
+    The backend, PHP-FPM and systemd are asked first, so their answers are on the way while the
+    local checks, which only need the CPU, run.
+    """
+    checks: list[Check[Any]] = [HttpCheck(target) for target in config.http]
+    checks += [FastCGICheck(pool) for pool in config.php_fpm]
+    if config.units.enabled:
+        names = [config.units.nginx, config.units.php_fpm or default_php_fpm_unit()]
+        names += [config.units.backend] if config.units.backend else []
+        checks.append(UnitsCheck(names, config.units.bus_address))
+    unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
+    checks += [
+        SocketsCheck(unix_sockets, config.nginx_user),
+        ProcessesCheck(config.processes),
+        ResourcesCheck(config.filesystems),
+        LogsCheck(config.logs, watcher),
+    ]
+    if config.nginx.test:
+        checks.append(NginxTestOrParse(config))
+    return checks
+
+
+class Prober:
+    """Owns the checks built from the configuration and runs them in rounds."""
+
+    def __init__(self, config: Config, watcher: LogWatcher | None = None) -> None:
+        """``watcher``: the log tailer of a serving exporter; without it the logs' ends are read each round."""
+        self.config = config
+        self._checks = build_checks(config, watcher)
+        self._tasks = [_Task(check) for check in self._checks]
+        # Per probe: (minute, slowest duration in that minute), oldest first; at most a window's worth.
+        self._slowest_by_minute: dict[str, deque[tuple[int, float]]] = {}
+        self._oom_kills = OomKillWindow(config.thresholds.oom_kill_window_seconds)
+        # One thread per task is enough: a task still running from an earlier round is not started again.
+        self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
+        self._lock = threading.Lock()
+        self._inflight: Future[RoundResults] | None = None
 
     def _recent_oom_kills(self, resources: ResourcesResult | None) -> int | None:
         if resources is None:
@@ -161,10 +180,9 @@ class Prober:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for check in self._http_checks:
-            check.close()
-        if self._units_check is not None:
-            self._units_check.close()
+        for check in self._checks:
+            if isinstance(check, HttpCheck | UnitsCheck):
+                check.close()
 
     def collect(self, timeout_seconds: float) -> RoundResults:
         """Results of a round started now, or of the round already in flight."""
@@ -225,17 +243,23 @@ class Prober:
                 )
             )
         http_results = tuple(values.get(HttpCheck.collector, ()))
+        socket_results: tuple[SocketResult, ...] = _first(values, SocketsCheck.collector) or ()
+        alternatives = socket_alternatives(self.config.discovered, socket_results)
         fastcgi_results = tuple(values.get(FastCGICheck.collector, ()))
         return RoundResults(
             timeout_seconds=timeout_seconds,
-            sockets=_first(values, SocketsCheck.collector) or (),
+            sockets=socket_results,
             fastcgi=fastcgi_results,
             http=http_results,
             processes=_first(values, ProcessesCheck.collector),
             resources=_first(values, ResourcesCheck.collector),
             nginx_config=_first(values, NginxConfigCheck.collector),
             units=_first(values, UnitsCheck.collector),
+            logs=_first(values, LogsCheck.collector),
             collectors=_merge_outcomes(outcomes),
+            socket_alternatives=tuple(
+                (path, tuple(sorted(found))) for path, found in sorted(alternatives.items())
+            ),
             slowest_probe_seconds=self._slowest(http_results, fastcgi_results),
             recent_oom_kills=self._recent_oom_kills(_first(values, ResourcesCheck.collector)),
         )
@@ -244,7 +268,7 @@ class Prober:
     def _timed(task: _Task, deadline: Deadline) -> tuple[Any, float]:
         started = time.monotonic()
         try:
-            return task.run(deadline), time.monotonic() - started
+            return task.check.run(deadline), time.monotonic() - started
         finally:
             task.running.clear()
 
@@ -269,13 +293,6 @@ def _merge_outcomes(outcomes: list[CollectorOutcome]) -> tuple[CollectorOutcome,
 def _first(values: dict[str, list[Any]], collector: str) -> Any:
     found = values.get(collector)
     return found[0] if found else None
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return -1.0
 
 
 def _is_unix(address: str) -> bool:

@@ -25,30 +25,42 @@ import contextlib
 import gzip
 import html
 import logging
-import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
-
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
+from typing import Any, Protocol
 
 from exporter import __version__
-from exporter.config import Config, ConfigError
-from exporter.diagnosis import Diagnosis, diagnose
-from exporter.metrics import round_metric_families, scrape_registry
-from exporter.rounds import Prober, RoundResults
 from exporter.webconfig import BasicAuth, CertificateReloader, TokenBucket, WebConfig
 
 log = logging.getLogger(__name__)
 
-MAX_SCRAPE_TIMEOUT_SECONDS = 120.0
+
+class RoundSource(Protocol):
+    """What the server serves: rounds of checks (shared by concurrent scrapes) and their exposition."""
+
+    def timeout_for(self, header: str | None) -> float:
+        """The round's deadline for a scrape's ``X-Prometheus-Scrape-Timeout-Seconds``."""
+        ...
+
+    def check(self, timeout_seconds: float) -> Any:
+        """One round (opaque to the server), run on the server's round thread."""
+        ...
+
+    def encode(self, checked: Any, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
+        """The exposition of a round for an ``Accept`` header, gzipped or not."""
+        ...
+
+    def watching(self) -> str:
+        """What is watched, one line for the landing page."""
+        ...
+
+
 SERVER_NAME = f"badgateway-exporter/{__version__}"
 REALM = "badgateway-exporter"
 
@@ -64,112 +76,6 @@ class Limits:
     handshake_timeout: float = 5.0
     write_timeout: float = 30.0
     max_head_bytes: int = 16384
-
-
-# Kept for callers of the earlier thread-per-connection server.
-MAX_CONCURRENT_REQUESTS = Limits().max_workers
-
-
-RELOAD_CHECK_SECONDS = 5.0
-
-
-def discovered_file_stamps(config: Config) -> tuple[tuple[str, int], ...]:
-    """Modification times of the configuration files discovery read, and of their folders (new files)."""
-    found = config.discovered
-    if found is None:
-        return ()
-    paths: set[str] = set()
-    if found.nginx is not None:
-        paths.update((found.nginx.main_file, *found.nginx.files))
-    if found.php_fpm is not None:
-        paths.update((*found.php_fpm.config_files, *found.php_fpm.files))
-    paths.update({os.path.dirname(path) for path in paths})
-    stamps = []
-    for path in sorted(paths):
-        try:
-            stamps.append((path, os.stat(path).st_mtime_ns))
-        except OSError:
-            stamps.append((path, -1))
-    return tuple(stamps)
-
-
-class Exporter:
-    """Rounds of checks, their diagnosis, and any background sources of metrics (logs, ...)."""
-
-    def __init__(
-        self,
-        config: Config,
-        extra_sources: Iterable[Callable[[], Iterable[Metric]]] = (),
-        reload: Callable[[], Config] | None = None,
-    ) -> None:
-        self.config = config
-        self.prober = Prober(config)
-        self.extra_sources = tuple(extra_sources)
-        self._reload = reload
-        self._stamps = discovered_file_stamps(config)
-        self._next_reload_check = time.monotonic() + RELOAD_CHECK_SECONDS
-
-    def _reload_if_changed(self) -> None:
-        """Discover again when nginx's or PHP-FPM's configuration changed on disk (a new fastcgi_pass, a pool)."""
-        now = time.monotonic()
-        if self._reload is None or now < self._next_reload_check:
-            return
-        self._next_reload_check = now + RELOAD_CHECK_SECONDS
-        stamps = discovered_file_stamps(self.config)
-        if stamps == self._stamps:
-            return
-        self._stamps = stamps
-        try:
-            config = self._reload()
-        except ConfigError as exc:
-            log.warning("configuration changed but cannot be loaded, keeping the old one: %s", exc)
-            return
-        old, self.prober = self.prober, Prober(config)
-        self.config, self._stamps = config, discovered_file_stamps(config)
-        old.close()
-        log.info("nginx or PHP-FPM configuration changed on disk: discovered the targets again")
-
-    def timeout_for(self, header: str | None) -> float:
-        """The round's deadline: Prometheus's scrape timeout (or the configured one) minus the margin."""
-        timeout = self.config.scrape_timeout_seconds
-        if header:
-            try:
-                value = float(header)
-            except ValueError:
-                log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
-            else:
-                if value > 0:  # also rejects NaN
-                    timeout = min(value, MAX_SCRAPE_TIMEOUT_SECONDS)
-                else:
-                    log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
-        margin = self.config.scrape_timeout_margin_seconds
-        return timeout - margin if timeout > 2 * margin else timeout / 2
-
-    def check(self, timeout_seconds: float) -> tuple[RoundResults, Diagnosis]:
-        self._reload_if_changed()
-        results = self.prober.collect(timeout_seconds)
-        return results, diagnose(results, self.config)
-
-    def encode(
-        self, results: RoundResults, diagnosis: Diagnosis, accept: str | None, gzipped: bool = False
-    ) -> tuple[bytes, str]:
-        """The exposition of one round (plus the extra sources, read now) for an ``Accept`` header.
-
-        ``gzipped``: compressed as well, in the same call (one hand-off to a worker thread, not two).
-        """
-        registry = scrape_registry(
-            lambda: round_metric_families(results, diagnosis, self.config), *self.extra_sources
-        )
-        encoder, content_type = choose_encoder(accept or "")
-        body = encoder(registry)
-        return (gzip.compress(body, 1) if gzipped else body), content_type
-
-    def render(self, timeout_seconds: float, accept: str | None) -> tuple[bytes, str]:
-        results, diagnosis = self.check(timeout_seconds)
-        return self.encode(results, diagnosis, accept)
-
-    def close(self) -> None:
-        self.prober.close()
 
 
 LANDING_PAGE = """<!doctype html>
@@ -283,7 +189,7 @@ class MetricsServer:
 
     def __init__(
         self,
-        exporter: Exporter,
+        exporter: RoundSource,
         address: str,
         web_config: WebConfig | None = None,
         limits: Limits | None = None,
@@ -314,7 +220,7 @@ class MetricsServer:
         self._round_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="round")
         self._pool = ThreadPoolExecutor(max_workers=self.limits.max_workers, thread_name_prefix="http")
         self._connections: set[_Connection] = set()
-        self._round: asyncio.Future[tuple[RoundResults, Diagnosis]] | None = None
+        self._round: asyncio.Future[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._stop_requested = threading.Event()
@@ -327,9 +233,8 @@ class MetricsServer:
 
     # -- lifecycle (thread-safe) ------------------------------------------------------------
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Serve until :meth:`shutdown`; ``poll_interval`` is accepted for compatibility."""
-        del poll_interval
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` (called from another thread)."""
         self._running.set()
         self._done.clear()
         try:
@@ -484,24 +389,21 @@ class MetricsServer:
         path = request.path
         if path == "/metrics":
             timeout = self.exporter.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
-            results, diagnosis = await self._shared_round(timeout)
+            checked = await self._shared_round(timeout)
             gzipped = _wants_gzip(request)
             body, content_type = await self._run(
-                self.exporter.encode, results, diagnosis, request.headers.get("accept"), gzipped
+                self.exporter.encode, checked, request.headers.get("accept"), gzipped
             )
             return _Response(200, body, content_type, gzipped=gzipped)
         if path == "/":
-            config = self.exporter.config
-            watching = ", ".join(
-                [pool.socket for pool in config.php_fpm] + [target.url for target in config.http]
-            )
+            watching = self.exporter.watching()
             page = LANDING_PAGE.format(version=__version__, watching=html.escape(watching))
             return _Response(200, page.encode(), "text/html; charset=utf-8")
         if path == "/-/healthy":
             return _Response(200, b"OK\n")
         return _Response(404, b"not found\n")
 
-    async def _shared_round(self, timeout: float) -> tuple[RoundResults, Diagnosis]:
+    async def _shared_round(self, timeout: float) -> Any:
         """The round in flight, or a new one: concurrent scrapes wait for the same probes."""
         current = self._round
         if current is None or current.done():
@@ -510,8 +412,7 @@ class MetricsServer:
                 loop.run_in_executor(self._round_pool, self.exporter.check, timeout)
             )
             self._round = current
-        results: tuple[RoundResults, Diagnosis] = await asyncio.shield(current)
-        return results
+        return await asyncio.shield(current)
 
     async def _write(
         self, writer: asyncio.StreamWriter, request: _Request, response: _Response, keep: bool
@@ -556,7 +457,7 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
 
 
 def make_server(
-    exporter: Exporter, address: str, web_config: WebConfig | None = None, limits: Limits | None = None
+    exporter: RoundSource, address: str, web_config: WebConfig | None = None, limits: Limits | None = None
 ) -> MetricsServer:
     """Bind the server (not yet serving); ``serve_forever()`` it in a thread."""
     return MetricsServer(exporter, address, web_config, limits)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 from conftest import StackFactory
-from exporter_harness import (
+from harness import wait_until
+from harness.exporters import (
     RunningExporter,
     Scrape,
     diagnose_json,
@@ -23,11 +24,11 @@ from exporter_harness import (
     write_config,
 )
 
-from exporter import rules
 from exporter.checks.fastcgi import FailureReason, FastCGICheck
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
-from exporter.demo.stack import Stack, wait_until
+from exporter.demo.stack import Stack
+from exporter.mixin import rules
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx workers must run as www-data")
 

@@ -5,23 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from exporter_harness import cli
+from harness.exporters import cli
 
-from exporter.config import ConfigError, config_from_dict, load_config
+from exporter.config import ConfigError, config_from_dict
+from exporter.discovery.merge import load_config
+from exporter.discovery.units import backend_unit, default_php_fpm_unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_fit_the_runbook_host() -> None:
+def test_defaults_fit_a_stock_debian_host() -> None:
     config = config_from_dict({})
-    assert [pool.socket for pool in config.php_fpm] == ["/run/php/php8.3-fpm.sock"]
+    assert [pool.socket for pool in config.php_fpm] == ["/run/php/php-fpm.sock"]
     assert [(t.name, t.url) for t in config.http] == [
         ("backend", "http://127.0.0.1:8000/health"),
         ("front", "http://localhost/"),
     ]
     assert config.listen_address == ":9502"
     assert config.nginx_user == "www-data"
-    assert config.units.php_fpm is not None and config.units.php_fpm.endswith("-fpm.service")
+    assert config.units.php_fpm is None and config.units.backend is None  # discovery fills them in
+
+
+def test_discovery_fills_units_from_the_unit_files_installed(tmp_path: Path) -> None:
+    (tmp_path / "php8.2-fpm.service").write_text("[Service]\nExecStart=/usr/sbin/php-fpm8.2 --nodaemonize\n")
+    (tmp_path / "shop-api.service").write_text(
+        "[Service]\nExecStart=/srv/shop/.venv/bin/gunicorn -k uvicorn.workers.UvicornWorker app:app\n"
+    )
+    (tmp_path / "cron.service").write_text("[Service]\nExecStart=/usr/sbin/cron -f\n")
+    assert backend_unit(r"\b(uvicorn|gunicorn|hypercorn)\b", [tmp_path]) == "shop-api.service"
+    assert backend_unit(r"\bhypercorn\b", [tmp_path]) is None
+    assert default_php_fpm_unit([tmp_path]) == "php8.2-fpm.service"
 
 
 def test_example_of_the_runbook_site_loads() -> None:

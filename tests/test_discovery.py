@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_discovery_tree import Tree
 
-from exporter.config import ConfigError, load_config
+from exporter.config import ConfigError
 from exporter.discovery.cli import main as discover_main
+from exporter.discovery.merge import load_config
 from exporter.discovery.model import listen_address
 from exporter.discovery.nginx import discover_nginx, parse_time
 from exporter.discovery.phpfpm import discover_php_fpm
@@ -179,7 +180,12 @@ def test_discovery_problem_keeps_defaults(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"discovery": {"nginx_config": str(tmp_path / "missing.conf"),
                                                   "php_fpm_configs": [str(tmp_path / "none/*.conf")]}}))  # fmt: skip
     config = load_config(str(path))
-    assert config.php_fpm[0].socket == "/run/php/php8.3-fpm.sock"  # the built-in default
+    # No pool and no fastcgi_pass found: the socket of the PHP-FPM version whose unit is installed.
+    version = (
+        config.units.php_fpm.removeprefix("php").removesuffix("-fpm.service") if config.units.php_fpm else ""
+    )
+    expected = f"/run/php/php{version}-fpm.sock" if version[:1].isdigit() else "/run/php/php-fpm.sock"
+    assert config.php_fpm[0].socket == expected
     assert config.discovered is not None
     assert [p.message for p in config.discovered.problems] == ["no such file"]
 

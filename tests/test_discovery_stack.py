@@ -17,24 +17,18 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from exporter_harness import cli, running_exporter
+from harness import free_port, wait_until
+from harness.exporters import cli, running_exporter
 from prometheus_client.core import Metric
 from test_discovery_tree import Tree
 
-from exporter import server
+from exporter import app
+from exporter.app import Exporter
 from exporter.checks.processes import listening_addresses
-from exporter.config import Config, load_config
-from exporter.demo.stack import (
-    ROOT_ENV,
-    StackError,
-    find_binary,
-    free_port,
-    http_status,
-    make_root,
-    wait_until,
-)
-from exporter.discovery.metrics import metric_families
-from exporter.server import Exporter
+from exporter.config import Config
+from exporter.demo.stack import ROOT_ENV, StackError, find_binary, http_status, make_root
+from exporter.discovery.merge import load_config
+from exporter.metrics import discovery_families as metric_families
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx/php-fpm workers run as www-data")
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +191,8 @@ def test_php_80_vs_83_mismatch(make_tree: TreeFactory, backends: tuple[tuple[int
 
     exporter = Exporter(config)
     try:
-        results, diagnosis = exporter.check(5.0)
+        checked = exporter.check(5.0)
+        results, diagnosis = checked.results, checked.diagnosis
     finally:
         exporter.close()
     assert "socket_path_mismatch" in {c.value for c in diagnosis.causes}
@@ -377,7 +372,7 @@ def test_running_exporter_rediscovers_when_nginx_changes(
     make_tree: TreeFactory, backends: tuple[tuple[int, ...], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fastcgi_pass pointed at another PHP version's socket and nginx reloaded: the running exporter sees it."""
-    monkeypatch.setattr(server, "RELOAD_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(app, "RELOAD_CHECK_SECONDS", 0.0)
     ports = backends[0]
     tree = make_tree(php_version="8.3", nginx_php_version="8.3")
     tree.start_php_fpm()
@@ -385,7 +380,7 @@ def test_running_exporter_rediscovers_when_nginx_changes(
     path = write(tree, ports)
     exporter = Exporter(load_config(str(path)), reload=lambda: load_config(str(path)))
     try:
-        _, before = exporter.check(5.0)
+        before = exporter.check(5.0).diagnosis
         assert "socket_path_mismatch" not in before.causes
         other = str(tree.socket).replace("8.3", "8.0")
         tree.site.write_text(tree.site.read_text().replace(str(tree.socket), other))
@@ -394,7 +389,7 @@ def test_running_exporter_rediscovers_when_nginx_changes(
         wait_until(
             lambda: http_status(tree.port, "/index.php") == 502, 15.0, "nginx to reload onto the other socket"
         )
-        _, after = exporter.check(5.0)
+        after = exporter.check(5.0).diagnosis
     finally:
         exporter.close()
     assert {c.value for c in after.causes} == {"socket_path_mismatch"}

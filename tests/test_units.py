@@ -1,4 +1,4 @@
-"""The units check against a real system-mode systemd (see tests/systemd_harness.py) and fake buses."""
+"""The units check against a real system-mode systemd (see tests/harness/systemd.py) and fake buses."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from systemd_harness import (
+from harness import wait_until
+from harness.systemd import (
     BACKEND,
     BROKEN,
     FLAKY,
@@ -31,16 +30,14 @@ from systemd_harness import (
     namespace_refusal,
     remove_stale,
 )
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 
 from exporter.checks import units as units_module
-from exporter.checks.units import (
-    UnitsCheck,
-    UnitsResult,
-    UnitStatus,
-    default_php_fpm_unit,
-    metric_families,
-)
+from exporter.checks.units import UnitsCheck, UnitsResult, UnitStatus, metric_families
 from exporter.deadline import Deadline
+from exporter.discovery import units as unit_files
+from exporter.discovery.units import default_php_fpm_unit
 
 ALL = (PHP_FPM, NGINX, BACKEND, BROKEN, FLAKY, MISSING)
 REQUIRE_ENV = "BADGATEWAY_REQUIRE_SYSTEMD"
@@ -88,14 +85,15 @@ def read(harness: SystemdHarness, units: tuple[str, ...] = ALL) -> UnitsResult:
 
 
 def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
+    """:func:`wait_until` ``condition`` is truthy; return its value."""
+    got: list[Any] = []
+
+    def holds() -> bool:
+        got[:] = [condition()]
+        return bool(got[0])
+
+    wait_until(holds, timeout, what)
+    return got[0]
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -453,7 +451,7 @@ _KILLED_RUNNER = r"""
 import ctypes, os, signal, subprocess, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us to be reaped
 inner = (
-    "import sys, time; sys.path.insert(0, sys.argv[1]); import systemd_harness as h; "
+    "import sys, time; sys.path.insert(0, sys.argv[1]); from harness import systemd as h; "
     "s = h.SystemdHarness(); s.start(); s.start_unit(h.NGINX); s.wait_state(h.NGINX, 'active'); "
     "print(s.id, s.tmp, flush=True); time.sleep(60)"
 )
@@ -634,7 +632,7 @@ def test_default_php_fpm_unit(tmp_path: Path) -> None:
 
 def test_default_php_fpm_unit_on_this_host() -> None:
     found = default_php_fpm_unit()
-    version = units_module._php_version(found)
+    version = unit_files._php_version(found)
     assert version is not None, found
     if Path("/lib/systemd/system/php8.2-fpm.service").exists():  # Debian 12 with php8.2-fpm installed
         assert version >= (8, 2)

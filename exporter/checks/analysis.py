@@ -75,6 +75,22 @@ def predict_access(pool: PoolFacts, user: str) -> PredictedAccess | None:
     who = UserIdentity.lookup(user)
     if listen is None or not listen.startswith("/") or who is None:
         return None
+    settings = _socket_settings(pool)
+    if settings is None:
+        return None
+    owner, group, mode, origins = settings
+    acl_users = pool.get("listen.acl_users")
+    acl_groups = pool.get("listen.acl_groups")
+    if acl_users or acl_groups:
+        # listen.acl_* replace owner/group: rw for the listed users and groups.
+        allowed = _acl_allows(who, user, acl_users, acl_groups)
+        return PredictedAccess(pool, user, owner, group, mode, True, allowed, origins)
+    allowed = _mode_allows(who, owner, group, mode)
+    return PredictedAccess(pool, user, owner, group, mode, False, allowed, origins)
+
+
+def _socket_settings(pool: PoolFacts) -> tuple[str, str, int, dict[str, Origin]] | None:
+    """``(owner, group, mode, origins)`` the pool gives its socket; None when the mode is not octal."""
     default = Origin("default", pool.file, None, "php-fpm default")
     owner_setting = pool.settings.get("listen.owner")
     group_setting = pool.settings.get("listen.group")
@@ -90,24 +106,26 @@ def predict_access(pool: PoolFacts, user: str) -> PredictedAccess | None:
         "listen.group": group_setting.origin if group_setting else default,
         "listen.mode": mode_setting.origin if mode_setting else default,
     }
-    acl_users = pool.get("listen.acl_users")
-    acl_groups = pool.get("listen.acl_groups")
-    if acl_users or acl_groups:
-        # listen.acl_* replace owner/group: rw for the listed users and groups.
-        users = {u.strip() for u in (acl_users or "").split(",") if u.strip()}
-        groups = {_gid(g.strip()) for g in (acl_groups or "").split(",") if g.strip()}
-        allowed = who.uid == 0 or user in users or bool(groups & set(who.gids))
-        return PredictedAccess(pool, user, owner, group, mode, True, allowed, origins)
+    return owner, group, mode, origins
+
+
+def _acl_allows(who: UserIdentity, user: str, acl_users: str | None, acl_groups: str | None) -> bool:
+    """Whether ``listen.acl_users``/``listen.acl_groups`` (comma-separated) let ``user`` connect."""
+    users = {u.strip() for u in (acl_users or "").split(",") if u.strip()}
+    groups = {_gid(g.strip()) for g in (acl_groups or "").split(",") if g.strip()}
+    return who.uid == 0 or user in users or bool(groups & set(who.gids))
+
+
+def _mode_allows(who: UserIdentity, owner: str, group: str, mode: int) -> bool:
+    """Whether ``mode`` has the write bit of ``who``'s class: owner, else group, else other (root: always)."""
     uid, gid = _uid(owner), _gid(group)
     if who.uid == 0:
-        allowed = True
-    elif uid is not None and uid == who.uid:
-        allowed = bool(mode & stat.S_IWUSR)
-    elif gid is not None and gid in who.gids:
-        allowed = bool(mode & stat.S_IWGRP)
-    else:
-        allowed = bool(mode & stat.S_IWOTH)
-    return PredictedAccess(pool, user, owner, group, mode, False, allowed, origins)
+        return True
+    if uid is not None and uid == who.uid:
+        return bool(mode & stat.S_IWUSR)
+    if gid is not None and gid in who.gids:
+        return bool(mode & stat.S_IWGRP)
+    return bool(mode & stat.S_IWOTH)
 
 
 def _live(path: str) -> bool:

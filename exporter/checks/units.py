@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -30,7 +28,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporter.deadline import Deadline
 
 DEFAULT_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
-DEFAULT_UNIT_DIRS: Final = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 
 ACTIVE_STATES: Final = ("active", "activating", "deactivating", "inactive", "failed", "reloading")
 ENABLED_FILE_STATES: Final = frozenset({"enabled", "enabled-runtime", "static", "indirect", "alias"})
@@ -53,8 +50,6 @@ _PROPERTIES: Final = (
     (_SERVICE_IFACE, "NRestarts"),
     (_SERVICE_IFACE, "MainPID"),
 )
-
-_PHP_FPM_UNIT = re.compile(r"^php(\d+(?:\.\d+)*)?-fpm\.service$")
 
 
 @dataclass(frozen=True)
@@ -487,32 +482,41 @@ class UnitsCheck:
             return tuple(_failed(unit, listed) for unit in self.units)
         # (name, description, load, active, sub, following, path, job id, job type, job path) per unit
         # found; a name systemd cannot take (no suffix, bad characters) is left out.
-        states = {str(entry[0]): entry for entry in listed[0]}
-        missing = [unit for unit in self.units if self._ids.get(unit, unit) not in states]
-        if missing:
-            # Aliases are listed under their unit's own name: ask for each one alone to tell.
-            alone = [
-                _Call(_SYSTEMD, _MANAGER_PATH, _MANAGER_IFACE, "ListUnitsByNames", "as", ((unit,),))
-                for unit in missing
-            ]
-            for unit, reply in zip(missing, conn.call_all(alone, deadline), strict=True):
-                if not isinstance(reply, _BusError) and len(reply[0]) == 1:
-                    self._ids[unit] = str(reply[0][0][0])
-                    states[self._ids[unit]] = reply[0][0]
+        states: dict[str, Any] = {str(entry[0]): entry for entry in listed[0]}
+        self._list_aliases(conn, states, deadline)
         statuses = []
         replies = iter(gets)
         for unit in self.units:
             values = [next(replies) for _ in _PROPERTIES]
             entry = states.get(self._ids.get(unit, unit))
-            if entry is not None:
+            if entry is None:
+                statuses.append(_unlisted(unit, values))
+            else:
                 statuses.append(_status(unit, entry, [_variant(v) for v in values]))
-                continue
-            # Not listed: the name is invalid, and the property reads say why.
-            error = next((v for v in values if isinstance(v, _BusError)), None)
-            if error is not None and error.name == _SERVICE_UNKNOWN:
-                raise error
-            statuses.append(_failed(unit, error or _BusError(_INVALID_ARGS, f"systemd did not list {unit}")))
         return tuple(statuses)
+
+    def _list_aliases(self, conn: _Connection, states: dict[str, Any], deadline: Deadline) -> None:
+        """Add to ``states`` each unit it lacks that systemd lists alone, under the name it lists."""
+        missing = [unit for unit in self.units if self._ids.get(unit, unit) not in states]
+        if not missing:
+            return
+        # Aliases are listed under their unit's own name: ask for each one alone to tell.
+        alone = [
+            _Call(_SYSTEMD, _MANAGER_PATH, _MANAGER_IFACE, "ListUnitsByNames", "as", ((unit,),))
+            for unit in missing
+        ]
+        for unit, reply in zip(missing, conn.call_all(alone, deadline), strict=True):
+            if not isinstance(reply, _BusError) and len(reply[0]) == 1:
+                self._ids[unit] = str(reply[0][0][0])
+                states[self._ids[unit]] = reply[0][0]
+
+
+def _unlisted(unit: str, values: list[_Reply]) -> UnitStatus:
+    """A unit systemd did not list: the name is invalid, and its property reads say why."""
+    error = next((v for v in values if isinstance(v, _BusError)), None)
+    if error is not None and error.name == _SERVICE_UNKNOWN:
+        raise error
+    return _failed(unit, error or _BusError(_INVALID_ARGS, f"systemd did not list {unit}"))
 
 
 def _failed(unit: str, error: _BusError) -> UnitStatus:
@@ -593,27 +597,3 @@ def metric_families(result: UnitsResult) -> Iterable[Metric]:
         if unit.active_enter_timestamp_seconds is not None and unit.active_state in ("active", "reloading"):
             since.add_metric([unit.name], unit.active_enter_timestamp_seconds)
     yield from (state, loaded, enabled, restarts, since)
-
-
-def _php_version(name: str) -> tuple[int, ...] | None:
-    match = _PHP_FPM_UNIT.match(name)
-    if match is None:
-        return None
-    return tuple(int(part) for part in match.group(1).split(".")) if match.group(1) else ()
-
-
-def default_php_fpm_unit(unit_dirs: Sequence[str | os.PathLike[str]] = DEFAULT_UNIT_DIRS) -> str:
-    """The host's ``php*-fpm.service`` with the highest version, else ``php-fpm.service``."""
-    found: dict[str, tuple[int, ...]] = {}
-    for directory in unit_dirs:
-        try:
-            names = [entry.name for entry in Path(directory).iterdir()]
-        except OSError:
-            continue
-        for name in names:
-            version = _php_version(name)
-            if version is not None:
-                found[name] = version
-    if not found:
-        return "php-fpm.service"
-    return max(found, key=lambda name: (found[name], name))

@@ -25,28 +25,16 @@ from typing import Any
 
 import yaml
 
-from exporter.cli import render_text, stop_on_signals
+from exporter.app import serving, stop_on_signals
 from exporter.config import ConfigError, config_from_dict
-from exporter.demo import faults
-from exporter.demo.faults import (
-    FAULTS,
-    Alertmanager,
-    Fault,
-    FaultContext,
-    FaultError,
-    LoadGenerator,
-    Notification,
-    ProcessServices,
-    Prometheus,
-    WebhookReceiver,
-    alertmanager_config,
-    find_fault,
-    render_rules,
-)
+from exporter.demo import alerting
+from exporter.demo.alerting import Alertmanager, Prometheus, alertmanager_config, render_rules
+from exporter.demo.catalogue import FAULTS, Fault, FaultContext, FaultError, find_fault
+from exporter.demo.load import LoadGenerator
+from exporter.demo.services import ProcessServices
 from exporter.demo.stack import Stack, StackError, make_root, mount_tmpfs, unmount
-from exporter.logs.metrics import log_families
-from exporter.logs.tailer import LogWatcher
-from exporter.server import Exporter, make_server
+from exporter.demo.webhook import Notification, WebhookReceiver
+from exporter.diagnosis.render import render_text
 
 PROG = "badgateway-exporter demo"
 CONTROL_SOCKET = "control.sock"
@@ -286,25 +274,12 @@ def _serve(
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    watcher = LogWatcher(config.logs)
-    watcher.start()
-    exits.callback(watcher.stop)
-    exporter = Exporter(config, [log_families(watcher)])
-    exits.callback(exporter.close)
     try:
-        server = make_server(exporter, args.listen)
+        running = exits.enter_context(serving(config, listen_address=args.listen))
     except OSError as exc:
         print(f"{PROG}: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    thread.start()
-
-    def stop_server() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-    exits.callback(stop_server)
+    exporter, server = running.exporter, running.server
     port = server.server_address[1]
     host = args.listen.rpartition(":")[0] or "127.0.0.1"
     say(f"exporter serving http://{host}:{port}/metrics")
@@ -322,7 +297,7 @@ def _serve(
     POINTER.write_text(str(root), encoding="utf-8")
     exits.callback(_remove_pointer, root)
 
-    _, diagnosis = exporter.check(config.scrape_timeout_seconds)
+    diagnosis = exporter.check(config.scrape_timeout_seconds).diagnosis
     print(
         f"""
 demo stack is up:
@@ -361,8 +336,8 @@ def _start_alerting(
 ) -> str:
     """Prometheus + Alertmanager + the webhook, when installed; the lines to print about them."""
     if (
-        faults.find_program("prometheus") is None
-        or faults.find_program("prometheus-alertmanager", "alertmanager") is None
+        alerting.find_program("prometheus") is None
+        or alerting.find_program("prometheus-alertmanager", "alertmanager") is None
     ):
         say("Prometheus/Alertmanager not installed (Debian: prometheus prometheus-alertmanager): no pages")
         return "alerting:\n  not started: prometheus and prometheus-alertmanager are not installed\n"
@@ -393,7 +368,7 @@ def _start_alerting(
         prometheus = Prometheus(work / "prometheus", [target], rule_file, alertmanager.url)
         exits.callback(prometheus.stop)
         prometheus.start()
-        say(f"prometheus {prometheus.url} (rules with for: x{faults.FOR_SCALE:g}, 1 s scrape)")
+        say(f"prometheus {prometheus.url} (rules with for: x{alerting.FOR_SCALE:g}, 1 s scrape)")
     except StackError as exc:
         say(f"alerting not started: {exc}")
         return f"alerting:\n  not started: {exc}\n"

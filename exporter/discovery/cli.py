@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError
+from exporter.discovery.merge import load_config
 from exporter.discovery.model import Discovered, Origin
 
 PROG = "badgateway-exporter discover"

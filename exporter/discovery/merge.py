@@ -11,14 +11,31 @@ import logging
 import os
 from typing import Any
 
-from exporter.config import Config, ConfigError, config_from_dict
+from exporter.config import Config, ConfigError, config_from_dict, read_yaml
 from exporter.discovery.model import ConfigProblem, Discovered, NginxFacts, Origin, PhpFpmFacts
 from exporter.discovery.nginx import discover_nginx
 from exporter.discovery.phpfpm import discover_php_fpm
+from exporter.discovery.units import backend_unit, default_php_fpm_unit
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NGINX_CONFIG = "/etc/nginx/nginx.conf"
+
+
+def load_config(path: str | None, flags: dict[str, tuple[str, object]] | None = None) -> Config:
+    """Read ``path`` (or start from the defaults), apply ``flags``, then fill in what discovery finds.
+
+    ``flags`` maps a top-level key to ``(flag name, value)``, e.g.
+    ``{"listen_address": ("--web.listen-address", ":9502")}``. Explicit values always win.
+    """
+    data, lines = read_yaml(path) if path is not None else ({}, {})
+    source = path or "<defaults>"
+    flag_names: dict[str, str] = {}
+    for key, (name, value) in (flags or {}).items():
+        data[key] = value
+        flag_names[key] = name
+    explicit = config_from_dict(data, source)
+    return discover_and_merge(explicit, data, source, lines, flag_names)
 
 
 def discover_and_merge(
@@ -58,9 +75,33 @@ def discover_and_merge(
         log.warning("discovery: ignoring discovered values: %s", exc)
         problems += (ConfigProblem("discovery", source, None, f"discovered values rejected: {exc}"),)
         config, derived = explicit, {}
+    config = _with_host_units(config)
+    if "php_fpm" not in data and "php_fpm" not in derived:
+        config = _with_installed_socket(config)
     origins = _origins(config, data, source, lines, flags, derived, derived_origins)
     discovered = Discovered(nginx=nginx_facts, php_fpm=php_facts, origins=origins, problems=problems)
     return dataclasses.replace(config, discovered=discovered)
+
+
+def _with_host_units(config: Config) -> Config:
+    """Unit names the configuration leaves open, from the unit files installed on the host."""
+    units = config.units
+    if units.php_fpm is None:
+        units = dataclasses.replace(units, php_fpm=default_php_fpm_unit())
+    if units.backend is None:
+        units = dataclasses.replace(units, backend=backend_unit(config.processes.backend))
+    return dataclasses.replace(config, units=units)
+
+
+def _with_installed_socket(config: Config) -> Config:
+    """Nothing named a PHP-FPM socket: the Debian/Ubuntu socket of the installed PHP-FPM version."""
+    version = (
+        config.units.php_fpm.removeprefix("php").removesuffix("-fpm.service") if config.units.php_fpm else ""
+    )
+    if not version[:1].isdigit():
+        return config
+    pools = [dataclasses.replace(pool, socket=f"/run/php/php{version}-fpm.sock") for pool in config.php_fpm]
+    return dataclasses.replace(config, php_fpm=pools)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -80,46 +121,58 @@ def derive(
     """Configuration values (YAML-shaped) and their origins from what the files say."""
     values: dict[str, Any] = {}
     origins: dict[str, Origin] = {}
-    nginx_ok = nginx is not None and bool(nginx.files)
-    if nginx is not None and nginx_ok:
-        values["nginx"] = {"config": nginx.main_file}
-        origins["nginx.config"] = Origin("derived", note="the main file discovery read")
-        if nginx.user is not None and nginx.user_origin is not None:
-            values["nginx_user"] = nginx.user
-            origins["nginx_user"] = nginx.user_origin
-        elif nginx.syntax_error is None:
-            values["nginx_user"] = "nobody"
-            origins["nginx_user"] = Origin(
-                "default", note=f"nginx default: no user directive in {nginx.main_file}"
-            )
-        if nginx.error_logs:
-            values.setdefault("logs", {})["nginx"] = [path for path, _ in nginx.error_logs]
-            for index, (_, origin) in enumerate(nginx.error_logs):
-                origins[f"logs.nginx[{index}]"] = origin
+    # The nginx facts when discovery read at least one file; "parsed": and found no syntax error.
+    nginx_read = nginx if nginx is not None and nginx.files else None
+    nginx_parsed = nginx_read if nginx_read is not None and nginx_read.syntax_error is None else None
+    if nginx_read is not None:
+        _derive_nginx(nginx_read, values, origins)
     pools, pool_origins = _pools(nginx, php)
-    if pools or (nginx_ok and nginx is not None and nginx.syntax_error is None):
+    if pools or nginx_parsed is not None:
         values["php_fpm"] = pools
         origins.update(pool_origins)
         if not pools:
             origins["php_fpm"] = Origin("derived", note="no PHP-FPM pool and no fastcgi_pass found")
     if php is not None:
-        logs = [path for path, _ in php.error_logs]
-        if logs:
-            values.setdefault("logs", {})["php_fpm"] = logs
-            for index, (_, origin) in enumerate(php.error_logs):
-                origins[f"logs.php_fpm[{index}]"] = origin
-        versions = sorted({p.version for p in php.pools if p.version})
-        if len(versions) == 1:
-            values["units"] = {"php_fpm": f"php{versions[0]}-fpm.service"}
-            origins["units.php_fpm"] = Origin(
-                "php_fpm", php.pools[0].config_file, None, "PHP version of the pools"
-            )
-    if nginx is not None and nginx_ok and nginx.syntax_error is None:
-        targets, target_origins = _http_targets(nginx, health_path)
+        _derive_php_fpm(php, values, origins)
+    if nginx_parsed is not None:
+        targets, target_origins = _http_targets(nginx_parsed, health_path)
         if targets:
             values["http"] = targets
             origins.update(target_origins)
     return values, origins
+
+
+def _derive_nginx(nginx: NginxFacts, values: dict[str, Any], origins: dict[str, Origin]) -> None:
+    """``nginx.config``, ``nginx_user`` and ``logs.nginx`` from the nginx files discovery read."""
+    values["nginx"] = {"config": nginx.main_file}
+    origins["nginx.config"] = Origin("derived", note="the main file discovery read")
+    if nginx.user is not None and nginx.user_origin is not None:
+        values["nginx_user"] = nginx.user
+        origins["nginx_user"] = nginx.user_origin
+    elif nginx.syntax_error is None:
+        values["nginx_user"] = "nobody"
+        origins["nginx_user"] = Origin(
+            "default", note=f"nginx default: no user directive in {nginx.main_file}"
+        )
+    if nginx.error_logs:
+        values.setdefault("logs", {})["nginx"] = [path for path, _ in nginx.error_logs]
+        for index, (_, origin) in enumerate(nginx.error_logs):
+            origins[f"logs.nginx[{index}]"] = origin
+
+
+def _derive_php_fpm(php: PhpFpmFacts, values: dict[str, Any], origins: dict[str, Origin]) -> None:
+    """``logs.php_fpm``, and ``units.php_fpm`` when every pool that names a PHP version names one."""
+    logs = [path for path, _ in php.error_logs]
+    if logs:
+        values.setdefault("logs", {})["php_fpm"] = logs
+        for index, (_, origin) in enumerate(php.error_logs):
+            origins[f"logs.php_fpm[{index}]"] = origin
+    versions = sorted({p.version for p in php.pools if p.version})
+    if len(versions) == 1:
+        values["units"] = {"php_fpm": f"php{versions[0]}-fpm.service"}
+        origins["units.php_fpm"] = Origin(
+            "php_fpm", php.pools[0].config_file, None, "PHP version of the pools"
+        )
 
 
 def _pools(
@@ -188,32 +241,11 @@ def _pools(
 def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, Any]], dict[str, Origin]]:
     targets: list[dict[str, Any]] = []
     origins: dict[str, Origin] = {}
-    backends: list[tuple[str, str, Origin]] = []
-    for item in nginx.passes:
-        if item.directive != "proxy_pass" or item.scheme not in ("http", "https"):
-            continue
-        for target in item.targets:
-            if target.address.startswith("/"):
-                continue  # a unix-socket backend: not probed over HTTP
-            if all(address != target.address for _, address, _ in backends):
-                backends.append((item.scheme, target.address, target.origin))
-    listens = [entry for entry in nginx.listens if entry.port is not None]
-    users = {name for p in nginx.passes for name in p.server_names}
-    preferred = sorted(
-        listens,
-        key=lambda entry: (entry.ssl, not (set(entry.server_names) & users), not entry.default_server),
-    )
-    if preferred:
-        front = preferred[0]
-        host = front.host or "127.0.0.1"
-        if host == "[::]":
-            host = "[::1]"
-        scheme = "https" if front.ssl else "http"
-        default_port = 443 if front.ssl else 80
-        port = "" if front.port == default_port else f":{front.port}"
-        targets.append({"name": "front", "url": f"{scheme}://{host}{port}/", "role": "front",
-                        "verify_tls": not front.ssl})  # fmt: skip
-        origins["http[0].url"] = front.origin
+    front = _front_target(nginx)
+    if front is not None:
+        targets.append(front[0])
+        origins["http[0].url"] = front[1]
+    backends = _http_backends(nginx)
     for scheme, address, origin in backends:
         name = "backend" if len(backends) == 1 else f"backend:{address}"
         index = len(targets)
@@ -223,6 +255,46 @@ def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, A
             origin.kind, origin.file, origin.line, f"+ discovery.backend_health_path {health_path}"
         )
     return targets, origins
+
+
+def _http_backends(nginx: NginxFacts) -> list[tuple[str, str, Origin]]:
+    """``(scheme, address, origin)`` of each distinct TCP target of an http(s) ``proxy_pass``."""
+    backends: list[tuple[str, str, Origin]] = []
+    for item in nginx.passes:
+        if item.directive != "proxy_pass" or item.scheme not in ("http", "https"):
+            continue
+        for target in item.targets:
+            if target.address.startswith("/"):
+                continue  # a unix-socket backend: not probed over HTTP
+            if all(address != target.address for _, address, _ in backends):
+                backends.append((item.scheme, target.address, target.origin))
+    return backends
+
+
+def _front_target(nginx: NginxFacts) -> tuple[dict[str, Any], Origin] | None:
+    """The ``front`` target and its origin: the plain-HTTP listen of a proxying server first."""
+    listens = [entry for entry in nginx.listens if entry.port is not None]
+    users = {name for p in nginx.passes for name in p.server_names}
+    preferred = sorted(
+        listens,
+        key=lambda entry: (entry.ssl, not (set(entry.server_names) & users), not entry.default_server),
+    )
+    if not preferred:
+        return None
+    front = preferred[0]
+    host = front.host or "127.0.0.1"
+    if host == "[::]":
+        host = "[::1]"
+    scheme = "https" if front.ssl else "http"
+    default_port = 443 if front.ssl else 80
+    port = "" if front.port == default_port else f":{front.port}"
+    target = {
+        "name": "front",
+        "url": f"{scheme}://{host}{port}/",
+        "role": "front",
+        "verify_tls": not front.ssl,
+    }
+    return target, front.origin
 
 
 def _leaves(value: object, path: str = "") -> list[tuple[str, object]]:

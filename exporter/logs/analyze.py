@@ -14,7 +14,6 @@ from typing import IO, Any
 
 from exporter.config import LogSettings
 from exporter.logs.classify import (
-    MAX_LINE_BYTES,
     NONE,
     Source,
     classify_phpfpm,
@@ -22,6 +21,7 @@ from exporter.logs.classify import (
     line_time,
     tally_nginx,
 )
+from exporter.logs.evidence import Evidence, evidence_of
 from exporter.logs.tailer import OTHER, UNKNOWN, LineSplitter
 
 READ_BYTES = 1 << 20
@@ -229,22 +229,6 @@ def format_text(analysis: Analysis, top: int = 5) -> str:
 # -- recent evidence for diagnose ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """One classified line from the end of a log."""
-
-    path: str
-    source: Source
-    time: str | None
-    """``YYYY-MM-DD HH:MM:SS`` as written in the line (local time of the host), or None."""
-    kind: str
-    """nginx ``kind`` or PHP-FPM ``event``; never ``none``."""
-    upstream: str | None = None
-    pool: str | None = None
-    line: str = ""
-    """The line itself, decoded with replacement characters, at most 500 characters."""
-
-
 def recent(
     path: str, max_bytes: int = 65536, source: Source | None = None, limit: int = 20
 ) -> list[Evidence]:
@@ -261,21 +245,7 @@ def recent(
         nl = data.find(b"\n")
         data = data[nl + 1 :] if nl >= 0 else b""
     kind_of = source or detect_source(data)
-    found: list[Evidence] = []
-    for raw in data.split(b"\n"):
-        line = raw[:MAX_LINE_BYTES]
-        if kind_of == "nginx":
-            if b"upstream" not in line:
-                continue
-            counts: dict[tuple[str, str | None], int] = {}
-            if not tally_nginx((line,), counts):
-                continue
-            ((kind, upstream),) = counts
-            found.append(Evidence(path, "nginx", line_time(line), kind, upstream=upstream, line=_text(line)))
-        else:
-            event, pool, _signal = classify_phpfpm(line)
-            if event != NONE:
-                found.append(Evidence(path, "php-fpm", line_time(line), event, pool=pool, line=_text(line)))
+    found = [e for raw in data.split(b"\n") if (e := evidence_of(raw, kind_of, path)) is not None]
     return found[-limit:] if limit > 0 else []
 
 
@@ -291,7 +261,3 @@ def recent_from_settings(settings: LogSettings, max_bytes: int = 65536, limit: i
                     continue
     found.sort(key=lambda e: e.time or "")
     return found[-limit:] if limit > 0 else []
-
-
-def _text(line: bytes) -> str:
-    return line.decode("utf-8", "replace").rstrip("\r")[:500]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.logs.tailer import LogSnapshot, LogWatcher
+from exporter.logs.tailer import LogSnapshot
 
 
 def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
@@ -59,8 +59,3 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
     yield rotations
     yield read_errors
     yield lag
-
-
-def log_families(watcher: LogWatcher) -> Callable[[], Iterator[Metric]]:
-    """A metrics source for :class:`exporter.server.Exporter`: the watcher's counters, copied at scrape time."""
-    return lambda: metric_families(watcher.snapshot())

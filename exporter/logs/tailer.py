@@ -16,7 +16,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -28,9 +29,9 @@ from exporter.logs.classify import (
     Source,
     classify_phpfpm,
     split_block,
-    tally_nginx,
     tally_nginx_block,
 )
+from exporter.logs.evidence import Evidence, evidence_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ RETIRE_GRACE_SECONDS: Final = 5.0
 """How long a rotated-away file is still read: nginx writes to it until it reopens its logs."""
 SAVE_INTERVAL_SECONDS: Final = 5.0
 RETRY_INTERVAL_SECONDS: Final = 1.0
+RECENT_LINES: Final = 200
+"""Upstream errors and PHP-FPM events kept, newest last, as the round's evidence of what the logs say."""
+RECENT_PER_BLOCK: Final = 20
+"""At most this many of them are taken from one block read at once (its last ones)."""
 GLOB_INTERVAL_SECONDS: Final = 1.0
 UNKNOWN: Final = "unknown"
 OTHER: Final = "other"
@@ -230,6 +235,7 @@ class LogWatcher:
         self._state = self._load_state()
         self._stopped = False
         self._buffer = bytearray(IDLE_CHUNK_BYTES)
+        self._recent: deque[Evidence] = deque(maxlen=RECENT_LINES)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -267,6 +273,11 @@ class LogWatcher:
         """A consistent copy of every counter; no file I/O."""
         with self._lock:
             return LogSnapshot({path: c.copy() for path, c in self._counters.items()})
+
+    def recent(self) -> tuple[Evidence, ...]:
+        """The last upstream errors and PHP-FPM events read, oldest first; no file I/O."""
+        with self._lock:
+            return tuple(self._recent)
 
     def poll_once(self) -> None:
         """One polling round in the calling thread: find files, read what is new, count it.
@@ -479,6 +490,8 @@ class LogWatcher:
             found: dict[tuple[str, str | None], int] = {}
             lines = tally_nginx_block(block, found)
             self._merge_nginx(tail.path, lines, found)
+            if found:
+                self._keep_evidence(tail, block)
         else:
             events: dict[tuple[str | None, str], int] = {}
             split = split_block(block)
@@ -487,6 +500,20 @@ class LogWatcher:
                 key = (pool, event)
                 events[key] = events.get(key, 0) + 1
             self._merge_phpfpm(tail.path, len(split), events)
+            if any(event != NONE for _pool, event in events):
+                self._keep_evidence(tail, block)
+
+    def _keep_evidence(self, tail: _Tail, block: Block) -> None:
+        """The last lines of ``block`` that are evidence, for :meth:`recent` (only blocks that have some)."""
+        kept: list[Evidence] = []
+        for raw in reversed(bytes(block).split(b"\n")):
+            found = evidence_of(raw, tail.source, tail.path)
+            if found is not None:
+                kept.append(found)
+                if len(kept) >= RECENT_PER_BLOCK:
+                    break
+        with self._lock:
+            self._recent.extend(reversed(kept))
 
     def _merge_nginx(self, path: str, lines: int, found: Mapping[tuple[str, str | None], int]) -> None:
         limit = self.settings.max_upstreams
@@ -680,17 +707,3 @@ def _bounded(seen: set[str], value: str | None, limit: int, missing: str) -> str
 def _starts_with(path: str, head: bytes) -> bool:
     with open(path, "rb") as handle:
         return handle.read(len(head)) == head
-
-
-def count_lines(lines: Iterable[bytes], source: Source) -> dict[tuple[str, str | None], int]:
-    """Classify ``lines`` the way the tailer does: ``(kind, upstream)`` or ``(event, pool)`` counts."""
-    if source == "nginx":
-        found: dict[tuple[str, str | None], int] = {}
-        tally_nginx(lines, found)
-        return found
-    events: dict[tuple[str, str | None], int] = {}
-    for line in lines:
-        event, pool, _signal = classify_phpfpm(line)
-        if event != NONE:
-            events[(event, pool)] = events.get((event, pool), 0) + 1
-    return events

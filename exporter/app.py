@@ -1,0 +1,213 @@
+"""The exporter's one lifecycle: load, then rounds of checks with their diagnosis, served or run once.
+
+``serve``, ``diagnose``, the demo and the tests all go through :class:`Exporter` and
+:func:`serving`: the log tailer, the prober and the HTTP server start and stop the same way
+everywhere. The configuration files discovery read are watched here (and only here): when one
+changes, the configuration is loaded and discovered again and the prober rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+
+from prometheus_client.exposition import choose_encoder
+
+from exporter.config import Config, ConfigError
+from exporter.diagnosis import Diagnosis, diagnose
+from exporter.logs.tailer import LogWatcher
+from exporter.metrics import round_metric_families, scrape_registry
+from exporter.rounds import Prober, RoundResults
+from exporter.server import Limits, MetricsServer, make_server
+from exporter.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+MAX_SCRAPE_TIMEOUT_SECONDS = 120.0
+RELOAD_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One round and its diagnosis: what ``/metrics`` and ``diagnose`` both read."""
+
+    results: RoundResults
+    diagnosis: Diagnosis
+
+
+def discovered_file_stamps(config: Config) -> tuple[tuple[str, int], ...]:
+    """Modification times of the configuration files discovery read, and of their folders (new files)."""
+    found = config.discovered
+    if found is None:
+        return ()
+    paths: set[str] = set()
+    if found.nginx is not None:
+        paths.update((found.nginx.main_file, *found.nginx.files))
+    if found.php_fpm is not None:
+        paths.update((*found.php_fpm.config_files, *found.php_fpm.files))
+    paths.update({os.path.dirname(path) for path in paths})
+    stamps = []
+    for path in sorted(paths):
+        try:
+            stamps.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            stamps.append((path, -1))
+    return tuple(stamps)
+
+
+class Exporter:
+    """Rounds of checks and their diagnosis; the log watcher when serving."""
+
+    def __init__(
+        self, config: Config, watch_logs: bool = False, reload: Callable[[], Config] | None = None
+    ) -> None:
+        """``watch_logs``: tail the logs in a thread (serving); otherwise each round reads their ends."""
+        self.config = config
+        self.watcher = LogWatcher(config.logs) if watch_logs else None
+        if self.watcher is not None:
+            self.watcher.start()
+        self.prober = Prober(config, self.watcher)
+        self._reload = reload
+        self._stamps = discovered_file_stamps(config)
+        self._next_reload_check = time.monotonic() + RELOAD_CHECK_SECONDS
+
+    def _reload_if_changed(self) -> None:
+        """Discover again when nginx's or PHP-FPM's configuration changed on disk (a new fastcgi_pass, a pool)."""
+        now = time.monotonic()
+        if self._reload is None or now < self._next_reload_check:
+            return
+        self._next_reload_check = now + RELOAD_CHECK_SECONDS
+        stamps = discovered_file_stamps(self.config)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            log.warning("configuration changed but cannot be loaded, keeping the old one: %s", exc)
+            return
+        if self.watcher is not None and config.logs != self.config.logs:
+            self.watcher.stop()
+            self.watcher = LogWatcher(config.logs)
+            self.watcher.start()
+        old, self.prober = self.prober, Prober(config, self.watcher)
+        self.config, self._stamps = config, discovered_file_stamps(config)
+        old.close()
+        log.info("nginx or PHP-FPM configuration changed on disk: discovered the targets again")
+
+    def timeout_for(self, header: str | None) -> float:
+        """The round's deadline: Prometheus's scrape timeout (or the configured one) minus the margin."""
+        timeout = self.config.scrape_timeout_seconds
+        if header:
+            try:
+                value = float(header)
+            except ValueError:
+                log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
+            else:
+                if value > 0:  # also rejects NaN
+                    timeout = min(value, MAX_SCRAPE_TIMEOUT_SECONDS)
+                else:
+                    log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
+        margin = self.config.scrape_timeout_margin_seconds
+        return timeout - margin if timeout > 2 * margin else timeout / 2
+
+    def check(self, timeout_seconds: float) -> Checked:
+        self._reload_if_changed()
+        results = self.prober.collect(timeout_seconds)
+        return Checked(results, diagnose(results, self.config))
+
+    def encode(self, checked: Checked, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
+        """The exposition of one round for an ``Accept`` header.
+
+        ``gzipped``: compressed as well, in the same call (one hand-off to a worker thread, not two).
+        """
+        registry = scrape_registry(
+            lambda: round_metric_families(checked.results, checked.diagnosis, self.config)
+        )
+        encoder, content_type = choose_encoder(accept or "")
+        body = encoder(registry)
+        return (gzip.compress(body, 1) if gzipped else body), content_type
+
+    def render(self, timeout_seconds: float, accept: str | None) -> tuple[bytes, str]:
+        return self.encode(self.check(timeout_seconds), accept)
+
+    def watching(self) -> str:
+        return ", ".join(
+            [pool.socket for pool in self.config.php_fpm] + [target.url for target in self.config.http]
+        )
+
+    def close(self) -> None:
+        self.prober.close()
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+def diagnose_once(config: Config, timeout_seconds: float | None = None) -> Diagnosis:
+    """Run every check once, the logs' ends included, and diagnose."""
+    exporter = Exporter(config)
+    try:
+        return exporter.check(timeout_seconds or config.scrape_timeout_seconds).diagnosis
+    finally:
+        exporter.close()
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A running exporter: its rounds and its bound server."""
+
+    exporter: Exporter
+    server: MetricsServer
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+@contextlib.contextmanager
+def serving(
+    config: Config,
+    web_config: WebConfig | None = None,
+    reload: Callable[[], Config] | None = None,
+    listen_address: str | None = None,
+    limits: Limits | None = None,
+) -> Iterator[Serving]:
+    """Tail the logs, bind ``/metrics`` and serve it in a thread; everything stops on exit.
+
+    Raises OSError when the address cannot be bound, ValueError when it is malformed.
+    """
+    exporter = Exporter(config, watch_logs=True, reload=reload)
+    try:
+        server = make_server(exporter, listen_address or config.listen_address, web_config, limits)
+    except BaseException:
+        exporter.close()
+        raise
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    try:
+        yield Serving(exporter, server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        exporter.close()
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (installed in the main thread)."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop

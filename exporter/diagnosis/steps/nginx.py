@@ -1,0 +1,35 @@
+"""Step 4 of the runbook: ``nginx -t``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from exporter.causes import Cause, Facts, Finding, Verdict, nginx_config_invalid
+from exporter.diagnosis.context import StepContext
+
+TITLE = "nginx -t accepts the configuration"
+
+
+def nginx_test(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
+    del earlier
+    result = ctx.results.nginx_config
+    if not ctx.config.nginx.test:
+        return [Finding("nginx_config", TITLE, Verdict.SKIP, ("disabled",))]
+    if result is None:
+        return [ctx.not_checked("nginx_config", TITLE)]
+    command = " ".join(result.command)
+    if result.valid is None:
+        return [
+            Finding("nginx_config", TITLE, Verdict.SKIP, (f"could not run {command}: {result.message}",),
+                    fix=("sudo nginx -t",))
+        ]  # fmt: skip
+    if result.valid:
+        return [Finding("nginx_config", TITLE, Verdict.OK, (command,))]
+    unit = ctx.units["nginx"]
+    return [
+        Finding(
+            "nginx_config", TITLE, Verdict.FAIL, (f"$ {command}", result.message or "test failed"),
+            Cause.NGINX_CONFIG_INVALID, nginx_config_invalid.fix_file(result.file, result.line, unit),
+            Facts(unit=unit, file=result.file or "", line=result.line),
+        )
+    ]  # fmt: skip

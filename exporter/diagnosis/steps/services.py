@@ -1,0 +1,125 @@
+"""Step 1 of the runbook: are nginx, PHP-FPM and the backend running (``ps``, ``systemctl status``)?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from exporter.causes import Cause, Facts, Finding, Verdict, backend_down, nginx_down, php_fpm_down
+from exporter.checks.processes import ServiceProcesses
+from exporter.checks.units import ENABLED_FILE_STATES, UnitStatus
+from exporter.diagnosis.context import StepContext, human_bytes
+from exporter.discovery.units import default_php_fpm_unit
+
+
+class _Role:
+    def __init__(self, label: str, cause: Cause, fix: Callable[[str], tuple[str, ...]]) -> None:
+        self.label, self.cause, self.fix = label, cause, fix
+
+
+ROLES: dict[str, _Role] = {
+    "nginx": _Role("nginx", Cause.NGINX_DOWN, nginx_down.start),
+    "php_fpm": _Role("PHP-FPM", Cause.PHP_FPM_DOWN, php_fpm_down.start),
+    "backend": _Role("The Python backend", Cause.BACKEND_DOWN, backend_down.start),
+}
+
+
+def processes(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
+    """``ps aux | grep -E 'php-fpm|uvicorn|nginx'``."""
+    del earlier
+    procs = ctx.results.processes
+    if procs is None:
+        return [ctx.not_checked("processes", "Processes of nginx, PHP-FPM and the backend")]
+    return [_process_finding(ctx, service, procs.of(service)) for service in ROLES]
+
+
+def _process_finding(ctx: StepContext, service: str, found: ServiceProcesses | None) -> Finding:
+    role, unit = ROLES[service], ctx.units[service]
+    step, title = f"process:{service}", f"{role.label} is running"
+    pattern = getattr(ctx.config.processes, service)
+    if found is not None and found.count > 0:
+        evidence = [f"{found.count} process(es), {human_bytes(found.resident_memory_bytes)} resident"]
+        evidence += [f"main: {command}" for command in found.main_commands]
+        if found.users:
+            evidence.append(f"running as: {', '.join(found.users)}")
+        return Finding(step, title, Verdict.OK, tuple(evidence))
+    if ctx.answering[service]:
+        return Finding(
+            step, title, Verdict.WARN,
+            (f"no process matches {pattern!r}, yet the service answers its probe:"
+             f" set processes.{service} in the configuration",),
+        )  # fmt: skip
+    return Finding(
+        step,
+        title,
+        Verdict.FAIL,
+        (f"no process matches {pattern!r}",),
+        role.cause,
+        role.fix(unit),
+        Facts(unit=unit),
+    )
+
+
+UNITS_TITLE = "systemctl status of nginx, PHP-FPM and the backend"
+
+
+def units(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
+    """``systemctl status``: active, and enabled at boot."""
+    del earlier
+    if not ctx.config.units.enabled:
+        return []
+    result = ctx.results.units
+    if result is None:
+        return [ctx.not_checked("units", UNITS_TITLE)]
+    if not result.available:
+        return [
+            Finding("units", UNITS_TITLE, Verdict.SKIP,
+                    (f"systemd not reachable ({result.error}): the process view decides",))
+        ]  # fmt: skip
+    by_name = {u.name: u for u in result.units}
+    findings = []
+    for service in ROLES:
+        name = configured_unit(ctx, service)
+        unit = by_name.get(name) if name is not None else None
+        if name is not None and unit is not None:
+            findings.append(_unit_finding(ctx, service, name, unit))
+    return findings
+
+
+def configured_unit(ctx: StepContext, service: str) -> str | None:
+    """The unit name the units check asked systemd about for ``service``."""
+    name: str | None = getattr(ctx.config.units, service)
+    return name or (default_php_fpm_unit() if service == "php_fpm" else None)
+
+
+def _unit_finding(ctx: StepContext, service: str, name: str, unit: UnitStatus) -> Finding:
+    role, short = ROLES[service], ctx.units[service]
+    step, title = f"unit:{name}", f"{role.label} unit {name} is active and enabled"
+    state = f"{unit.active_state} ({unit.sub_state}), unit file {unit.unit_file_state or 'none'}"
+    if unit.n_restarts:
+        state += f", restarted {unit.n_restarts} times"
+    status = f"systemctl status {short}: {state}"
+    if unit.load_state != "loaded":
+        return Finding(step, title, Verdict.WARN, (f"{name}: LoadState={unit.load_state}",),
+                       fix=_unit_not_loaded_hint(service, name))  # fmt: skip
+    if unit.active_state in ("inactive", "failed"):
+        if ctx.answering[service]:
+            return Finding(
+                step, title, Verdict.WARN, (state, "yet it answers its probe: started outside systemd?")
+            )
+        return Finding(step, title, Verdict.FAIL, (status,), role.cause, role.fix(short), Facts(unit=short))
+    if unit.active_state != "active":
+        return Finding(step, title, Verdict.WARN, (status,))
+    if unit.unit_file_state not in ENABLED_FILE_STATES:
+        return Finding(
+            step, title, Verdict.WARN, (status, "running now, but it will not start after a reboot"),
+            fix=(f"sudo systemctl enable {short}",),
+        )  # fmt: skip
+    return Finding(step, title, Verdict.OK, (status,))
+
+
+def _unit_not_loaded_hint(service: str, name: str) -> tuple[str, ...]:
+    if service == "php_fpm":
+        installed = default_php_fpm_unit()
+        if installed != name:
+            return (f"this host has {installed}: set units.php_fpm: {installed} (and check the socket path)",)
+    return ("systemctl list-units --all --type=service | grep -E 'php|nginx|backend'",)
