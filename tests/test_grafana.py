@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from exporter_harness import cli, running_exporter, stack_config
+from harness.alerting import Prometheus, running_prometheus
+from harness.exporters import cli, running_exporter, stack_config
 
-from exporter import grafana
-from exporter.causes import CAUSES
-from exporter.demo.stack import Stack, free_port
-from exporter.rules import DEFAULT_RUNBOOK_BASE_URL, RULES_FILE, Settings, recording_rules
+from exporter.causes import CAUSES, FACT_LABELS
+from exporter.demo.stack import Stack
+from exporter.mixin import panels as grid
+from exporter.mixin.cli import dashboards_main
+from exporter.mixin.dashboards import render as render_dashboards
+from exporter.mixin.recording import recording_rules
+from exporter.mixin.rows import CAUSE_INFO_TITLE
+from exporter.mixin.rules import RULES_FILE
+from exporter.mixin.settings import DEFAULT_RUNBOOK_BASE_URL, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "grafana"
@@ -43,6 +46,11 @@ SYSTEMD_ONLY = "needs systemd: no badgateway_unit_* series without it (this host
 EXCEPTIONS: dict[tuple[str, str], str] = {
     ("systemd unit states", "A"): SYSTEMD_ONLY,
     ("Unit restarts (systemd)", "A"): SYSTEMD_ONLY,
+}
+# Targets with data only while a cause is found, and why: empty on the healthy stack, checked in the
+# incident phase.
+INCIDENT_ONLY: dict[tuple[str, str], str] = {
+    (CAUSE_INFO_TITLE, "A"): "badgateway_cause_info has one sample per cause finding, none on a healthy host",
 }
 # Annotations read ALERTS, which only has series during an incident: checked in the incident phase.
 INCIDENT_ONLY_ANNOTATIONS = {
@@ -165,23 +173,24 @@ def display_color(panel: JSON, value: float) -> str:
 
 
 def test_committed_dashboards_equal_fresh_render() -> None:
-    rendered = grafana.render()
+    rendered = render_dashboards()
     assert sorted(rendered) == sorted(p.name for p in DASHBOARDS.glob("*.json"))
-    assert grafana.main(["check", "--out", str(DASHBOARDS)]) == 0, (
+    assert dashboards_main(["check", "--out", str(DASHBOARDS)]) == 0, (
         "run: badgateway-exporter dashboards render"
     )
 
 
 def test_render_command(tmp_path: Path) -> None:
     assert (
-        grafana.main(["render", "--out", str(tmp_path), "--runbook-base-url", "https://wiki.example/rb"]) == 0
+        dashboards_main(["render", "--out", str(tmp_path), "--runbook-base-url", "https://wiki.example/rb"])
+        == 0
     )
     (written,) = tmp_path.glob("*.json")
     document = json.loads(written.read_text(encoding="utf-8"))
     runbook = {v["name"]: v for v in document["templating"]["list"]}["runbook_base"]
     assert runbook["query"] == "https://wiki.example/rb"
-    assert grafana.main(["check", "--out", str(tmp_path)]) == 1  # default settings differ
-    assert grafana.main(["render", "--out", str(tmp_path), "--set", "nope=1"]) == 2
+    assert dashboards_main(["check", "--out", str(tmp_path)]) == 1  # default settings differ
+    assert dashboards_main(["render", "--out", str(tmp_path), "--set", "nope=1"]) == 2
 
 
 def test_dashboard_json_model() -> None:
@@ -189,7 +198,7 @@ def test_dashboard_json_model() -> None:
     assert found, "no dashboards in grafana/dashboards"
     for name, dashboard in found.items():
         where = name
-        assert dashboard["schemaVersion"] == grafana.SCHEMA_VERSION, where
+        assert dashboard["schemaVersion"] == grid.SCHEMA_VERSION, where
         assert isinstance(dashboard["title"], str) and dashboard["title"], where
         assert re.fullmatch(r"[a-z0-9-]{1,40}", dashboard["uid"]), where
         assert dashboard["id"] is None, f"{where}: a fixed id breaks import into another Grafana"
@@ -200,35 +209,35 @@ def test_dashboard_json_model() -> None:
         assert variables["datasource"]["query"] == "prometheus"
         instance = variables["instance"]
         assert instance["type"] == "query" and instance["multi"] and instance["includeAll"]
-        assert instance["datasource"] == grafana.DATASOURCE
+        assert instance["datasource"] == grid.DATASOURCE
         # Panels: ids unique, gridPos inside the 24-column grid, no overlap, known types.
         ids = [p["id"] for p in panels(dashboard)]
         assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids), where
         cells: dict[tuple[int, int], str] = {}
         for panel in panels(dashboard):
             title = f"{where}: panel {panel['title']!r}"
-            assert panel["type"] in grafana.PANEL_TYPES, title
+            assert panel["type"] in grid.PANEL_TYPES, title
             pos = panel["gridPos"]
             assert set(pos) == {"h", "w", "x", "y"} and all(isinstance(v, int) for v in pos.values()), title
             assert pos["x"] >= 0 and pos["y"] >= 0 and pos["w"] > 0 and pos["h"] > 0, title
-            assert pos["x"] + pos["w"] <= grafana.GRID_WIDTH, title
+            assert pos["x"] + pos["w"] <= grid.GRID_WIDTH, title
             for x in range(pos["x"], pos["x"] + pos["w"]):
                 for y in range(pos["y"], pos["y"] + pos["h"]):
                     assert (x, y) not in cells, f"{title} overlaps {cells[(x, y)]!r}"
                     cells[(x, y)] = panel["title"]
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"] == grafana.DATASOURCE, title
+            assert panel["datasource"] == grid.DATASOURCE, title
             assert "fieldConfig" in panel and "options" in panel, title
             refs = [t["refId"] for t in panel["targets"]]
             assert refs and len(refs) == len(set(refs)), title
             for target in panel["targets"]:
-                assert target["datasource"] == grafana.DATASOURCE, title
+                assert target["datasource"] == grid.DATASOURCE, title
                 assert target["expr"].strip(), title
         # Every datasource reference uses the variable (the built-in Grafana annotation excepted).
         for key, value in walk(dashboard):
             if key == "datasource" and isinstance(value, dict) and value.get("type") != "grafana":
-                assert value == grafana.DATASOURCE, f"{where}: datasource {value}"
+                assert value == grid.DATASOURCE, f"{where}: datasource {value}"
         # Every variable used is defined (or a Grafana built-in).
         text = json.dumps(dashboard)
         used = set(re.findall(r"\$\{?(\w+)", text))
@@ -246,7 +255,7 @@ def test_every_uid_is_unique() -> None:
             if key in ("uid", "folderUid"):
                 uids.append(str(value))
     assert len(uids) == len(set(uids)), sorted(uids)
-    assert {d["uid"] for d in dashboards().values()} == {grafana.OVERVIEW_UID}
+    assert {d["uid"] for d in dashboards().values()} == {grid.OVERVIEW_UID}
 
 
 def test_every_metric_is_documented() -> None:
@@ -279,7 +288,7 @@ def test_metric_name_extraction() -> None:
 
 
 def test_cause_stats_follow_the_causes_table() -> None:
-    dashboard = json.loads((DASHBOARDS / grafana.OVERVIEW_FILE).read_text(encoding="utf-8"))
+    dashboard = json.loads((DASHBOARDS / grid.OVERVIEW_FILE).read_text(encoding="utf-8"))
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["runbook_base"]["query"] == DEFAULT_RUNBOOK_BASE_URL
     assert variables["exporter_job"]["query"] == Settings().exporter_job
@@ -299,6 +308,41 @@ def test_cause_stats_follow_the_causes_table() -> None:
         assert (REPO / info.runbook_path).is_file()
         assert display_color(panel, 0) == "green" and threshold_color(panel, 0) == "green"
         assert display_color(panel, 1) == "red" and threshold_color(panel, 1) == "red"
+
+
+def test_cause_info_table_says_what_diagnose_says() -> None:
+    """One table of ``badgateway_cause_info`` (cause, fix and the facts) of the selected instances."""
+    dashboard = json.loads((DASHBOARDS / grid.OVERVIEW_FILE).read_text(encoding="utf-8"))
+    table = panel_by_title(dashboard, CAUSE_INFO_TITLE)
+    assert table["type"] == "table"
+    (target,) = table["targets"]
+    columns = ("instance", "cause", "fix", *FACT_LABELS)
+    assert target["expr"] == f'max by ({", ".join(columns)}) (badgateway_cause_info{{instance=~"$instance"}})'
+    assert target["format"] == "table" and target["instant"] and not target["range"]
+    (organize,) = table["transformations"]
+    assert organize["id"] == "organize"
+    assert list(organize["options"]["indexByName"]) == list(columns)
+    assert organize["options"]["excludeByName"] == {"Time": True, "Value": True}
+    fix = next(o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "fix")
+    assert {"id": "custom.cellOptions", "value": {"type": "auto", "wrapText": True}} in fix["properties"]
+    # In the causes row, below the stats: the page and the dashboard say the same.
+    (cause_row,) = [p for p in dashboard["panels"] if p["type"] == "row" and p["title"].startswith("Causes")]
+    next_row = min(
+        p["gridPos"]["y"]
+        for p in dashboard["panels"]
+        if p["type"] == "row" and p["gridPos"]["y"] > cause_row["gridPos"]["y"]
+    )
+    assert cause_row["gridPos"]["y"] < table["gridPos"]["y"] < next_row
+    assert {"type": "panel", "id": "table", "name": "table", "version": ""} in dashboard["__requires"]
+
+
+def test_panel_descriptions_name_real_alerts() -> None:
+    """Alert names in the dashboard (descriptions, titles, links) are alerts of the rules."""
+    document = yaml.safe_load((REPO / "rules" / RULES_FILE).read_text(encoding="utf-8"))
+    alerts = {r["alert"] for g in document["groups"] for r in g["rules"] if "alert" in r}
+    text = (DASHBOARDS / grid.OVERVIEW_FILE).read_text(encoding="utf-8")
+    named = set(re.findall(r"\b((?:Php|Nginx|Backend|BadGateway|Disk|Memory|Unit|Upstream)[A-Z]\w+)\b", text))
+    assert named and named <= alerts, sorted(named - alerts)
 
 
 def test_provisioning_files() -> None:
@@ -322,77 +366,6 @@ def test_provisioning_files() -> None:
 
 
 # ---------------------------------------------------------------- a real Prometheus
-
-
-@dataclass
-class Prometheus:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def get(self, path: str, params: dict[str, str]) -> Any:
-        response = httpx.get(f"{self.url}{path}", params=params, timeout=10)
-        body = response.json()
-        assert response.status_code == 200 and body["status"] == "success", (params, body)
-        return body["data"]
-
-    def query(self, expr: str) -> list[JSON]:
-        data = self.get("/api/v1/query", {"query": expr})
-        if data["resultType"] == "scalar":
-            return [{"metric": {}, "value": data["result"]}]
-        result: list[JSON] = data["result"]
-        return result
-
-    def log_tail(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
-
-
-@contextmanager
-def running_prometheus(workdir: Path, targets: list[str], rule_files: list[Path]) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (Debian package prometheus)")
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
-    }
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
-    log = workdir / "prometheus.log"
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", proc, log)
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"prometheus exited {proc.returncode}:\n{prometheus.log_tail()}"
-            try:
-                return httpx.get(f"{prometheus.url}/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        poll_until(ready, 20, "prometheus ready", prometheus.log_tail)
-        yield prometheus
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def poll_until(predicate: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str]) -> None:
@@ -437,7 +410,7 @@ class Setup:
     def evaluate(self, instance_regex: str) -> dict[Query, list[JSON]]:
         return {
             q: self.prometheus.query(substitute(q.expr, instance_regex))
-            for q in queries(grafana.OVERVIEW_FILE, self.dashboard)
+            for q in queries(grid.OVERVIEW_FILE, self.dashboard)
         }
 
     def stat_value(self, title: str) -> float | None:
@@ -452,6 +425,12 @@ class Setup:
             if value is not None and display_color(panel, value) == "red":
                 red.add(alert)
         return red
+
+    def cause_info(self) -> list[dict[str, str]]:
+        """The rows of the table of what ``diagnose`` says (the labels of each sample)."""
+        (target,) = panel_by_title(self.dashboard, CAUSE_INFO_TITLE)["targets"]
+        result = self.prometheus.query(substitute(target["expr"], grafana_regex(self.instances)))
+        return [dict(s["metric"]) for s in result]
 
     def annotation(self, name: str) -> list[JSON]:
         expr = annotation_queries(self.dashboard)[name]
@@ -469,7 +448,7 @@ def setup(stack: Stack, tmp_path: Path) -> Iterator[Setup]:
         exporters = [stack_of.enter_context(running_exporter(config)) for _ in range(2)]
         instances = [e.url.removeprefix("http://") for e in exporters]
         prometheus = stack_of.enter_context(running_prometheus(tmp_path, instances, [rules_dir / RULES_FILE]))
-        dashboard = json.loads((DASHBOARDS / grafana.OVERVIEW_FILE).read_text(encoding="utf-8"))
+        dashboard = json.loads((DASHBOARDS / grid.OVERVIEW_FILE).read_text(encoding="utf-8"))
         yield Setup(stack, prometheus, instances, dashboard)
 
 
@@ -489,7 +468,7 @@ def test_every_panel_query_on_a_real_prometheus(setup: Setup) -> None:
     # On a healthy host no cause alert fires (the annotations stay empty).
     systemd = prom.query(f'badgateway_systemd_available{{instance=~"{both}"}}')
     has_systemd = any(float(s["value"][1]) == 1 for s in systemd)
-    exceptions = {} if has_systemd else EXCEPTIONS
+    exceptions = INCIDENT_ONLY | ({} if has_systemd else EXCEPTIONS)
 
     last: dict[Query, list[JSON]] = {}
 
@@ -526,7 +505,7 @@ def test_every_panel_query_on_a_real_prometheus(setup: Setup) -> None:
     # The exceptions are real: they have no data here, for the documented reason.
     for q, result in last.items():
         if (q.panel, q.ref) in exceptions:
-            assert not result, f"{q.panel} [{q.ref}] has data now: drop it from EXCEPTIONS"
+            assert not result, f"{q.panel} [{q.ref}] has data now: drop it from EXCEPTIONS / INCIDENT_ONLY"
     # One host selected, and "All" (allValue .+): every query still answers.
     for regex in (grafana_regex(setup.instances[:1]), ".+"):
         for q, result in setup.evaluate(regex).items():
@@ -562,6 +541,26 @@ def test_every_panel_query_on_a_real_prometheus(setup: Setup) -> None:
         20,
         "the PhpFpmDown annotation",
         lambda: str(setup.annotation("Cause alerts")),
+    )
+    # The table says what diagnose says: the cause, and the fix it prints on that host.
+    poll_until(
+        lambda: {row.get("cause") for row in setup.cause_info() if row.get("fix")} == {"php_fpm_down"},
+        20,
+        "php_fpm_down with its fix in the table",
+        lambda: str(setup.cause_info()),
+    )
+    # ... and the page says the same: the alert's description carries that fix, line by line.
+    fixes = {row["fix"] for row in setup.cause_info() if row.get("cause") == "php_fpm_down"}
+
+    def paged_fix() -> bool:
+        alerts = prom.get("/api/v1/alerts", {})["alerts"]
+        texts = [a["annotations"]["description"] for a in alerts if a["labels"]["alertname"] == "PhpFpmDown"]
+        return bool(texts) and all(
+            any("\nFix:\n  " + fix.replace("\n", "\n  ") in text for fix in fixes) for text in texts
+        )
+
+    poll_until(
+        paged_fix, 20, "the PhpFpmDown description with the fix", lambda: str(prom.get("/api/v1/alerts", {}))
     )
     errors_exposed = bool(prom.query('count({__name__="badgateway_nginx_upstream_errors_total"})'))
     if errors_exposed:  # once the log metrics are wired in: the 502 rate stat goes red too

@@ -1,20 +1,25 @@
-"""Alert rules, Alertmanager inhibition and runbooks (issue 6).
+"""Alert rules, Alertmanager inhibition and runbooks, as rendered by :mod:`exporter.mixin` from the specs.
 
 ``tests/rules/<AlertName>.yml`` are promtool unit tests of one alert each, written against series
 shaped like the exporter's output. Before promtool runs them, this module merges the healthy host of
 ``tests/rules/healthy_host.yml`` into every test (a test's own series replace the healthy one with
 the same name and labels), points ``rule_files`` at the committed rules and adds the expected
-``runbook_url`` annotations.
+``runbook_url`` annotations. Each file also runs by itself, with the series it needs and the
+committed rules (``promtool test rules tests/rules/*.yml``).
+
+The cause tests feed ``badgateway_cause_info`` as the exporter exports it (the facts of the evidence
+and the fix ``diagnose`` prints): their expected descriptions are what the person paged reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,9 +30,14 @@ from typing import Any
 
 import pytest
 import yaml
+from harness import free_port
 
-from exporter import rules
-from exporter.causes import CAUSES, Cause
+from exporter.causes import CAUSES, SPECS, Cause, Inhibition
+from exporter.mixin import alerts as alert_table
+from exporter.mixin import inhibitions, rules, runbooks
+from exporter.mixin.alerts import ALERT_NAMES
+from exporter.mixin.cli import dashboards_main, rules_main
+from exporter.mixin.settings import MixinError, Settings, format_duration, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "rules"
@@ -77,7 +87,8 @@ def _series_key(selector: str) -> tuple[str, frozenset[tuple[str, str]]]:
 
 
 def _baseline() -> list[dict[str, str]]:
-    series: list[dict[str, str]] = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))["series"]
+    (healthy,) = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))["tests"]
+    series: list[dict[str, str]] = healthy["input_series"]
     return series
 
 
@@ -85,7 +96,7 @@ def _prepared(case: Path, tmp_path: Path) -> Path:
     """The promtool test file for ``case``: baseline merged, rule file and runbook URLs filled in."""
     data = yaml.safe_load(case.read_text(encoding="utf-8"))
     data["rule_files"] = [str(RULES_PATH)]
-    base = rules.Settings().runbook_base_url
+    base = Settings().runbook_base_url
     baseline = _baseline()
     for test in data["tests"]:
         own = test.get("input_series") or []
@@ -105,9 +116,15 @@ def _prepared(case: Path, tmp_path: Path) -> Path:
 
 
 def test_committed_rules_equal_a_fresh_render() -> None:
-    for name, text in rules.render(rules.Settings()).items():
+    rendered = rules.render(Settings())
+    assert set(rendered) == {rules.RULES_FILE, inhibitions.ALERTMANAGER_FILE}
+    for name, text in rendered.items():
         assert (RULES_DIR / name).read_text(encoding="utf-8") == text, (
             f"rules/{name} is stale: run badgateway-exporter rules render"
+        )
+    for name, text in runbooks.render(Settings()).items():
+        assert (RUNBOOKS / name).read_text(encoding="utf-8") == text, (
+            f"docs/runbooks/{name} is stale: run badgateway-exporter rules render"
         )
 
 
@@ -146,9 +163,9 @@ def test_paging_budget_for_a_dead_php_fpm() -> None:
     """A dead PHP-FPM pages within 2 minutes: scrape + evaluation + for: + group_wait."""
     rule = next(r for r in _alert_rules() if r["alert"] == CAUSES[Cause.PHP_FPM_DOWN].alert)
     am = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
-    budget = 15 + 15 + rules.parse_duration(rule["for"]) + rules.parse_duration(am["route"]["group_wait"])
+    budget = 15 + 15 + parse_duration(rule["for"]) + parse_duration(am["route"]["group_wait"])
     assert budget <= 120
-    assert rules.parse_duration(rule["for"]) >= 60, "a restart blip must not page"
+    assert parse_duration(rule["for"]) >= 60, "a restart blip must not page"
 
 
 # ---------------------------------------------------------------- one source of truth
@@ -170,7 +187,7 @@ def test_causes_alerts_and_runbooks_do_not_drift() -> None:
         assert (RUNBOOKS / f"{name}.md").is_file(), f"docs/runbooks/{name}.md missing"
         assert (RUNBOOKS / "ru" / f"{name}.md").is_file(), f"docs/runbooks/ru/{name}.md missing"
     for folder in (RUNBOOKS, RUNBOOKS / "ru"):
-        extra = {p.stem for p in folder.glob("*.md")} - names
+        extra = {p.stem for p in folder.glob("*.md") if p.name != runbooks.INDEX_FILE} - names
         assert not extra, f"runbooks without an alert in {folder}: {sorted(extra)}"
     doc = (ROOT / "docs" / "alerting.md").read_text(encoding="utf-8")
     for name in names:
@@ -192,6 +209,147 @@ def test_alertmanager_config_names_real_alerts() -> None:
                 assert set(values) <= names, matcher
             if key == "category":
                 assert set(values) <= categories, matcher
+
+
+def test_inhibitions_are_the_specs_explains() -> None:
+    """Rule 1 mutes the symptom under any cause; every other rule is one ``explains`` of a spec."""
+    am = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    first, *derived = am["inhibit_rules"]
+    assert first == {
+        "source_matchers": ['category="cause"'],
+        "target_matchers": ['alertname="NginxGatewayErrors"'],
+        "equal": ["instance"],
+    }
+    expected = []
+    for spec in SPECS:
+        for inhibition in spec.explains:
+            targets = inhibition.target_alerts
+            alertname = (
+                f'alertname="{targets[0]}"' if len(targets) == 1 else f'alertname=~"{"|".join(targets)}"'
+            )
+            expected.append(
+                {
+                    "source_matchers": [f'alertname="{spec.alert}"'],
+                    "target_matchers": [alertname, *(f'{k}="{v}"' for k, v in inhibition.target_labels)],
+                    "equal": ["instance"],
+                }
+            )
+    assert derived == expected
+    text = AM_CONFIG.read_text(encoding="utf-8")
+    for spec in SPECS:
+        for inhibition in spec.explains:
+            assert " ".join(inhibition.why.split()[:6]) in " ".join(text.replace("#", " ").split()), (
+                f"the comment of {spec.alert}'s inhibition does not say why"
+            )
+    # The routing tree is the fixed part.
+    assert am["route"]["group_by"] == ["instance"] and am["route"]["group_wait"] == "15s"
+    assert [r["name"] for r in am["receivers"]] == ["oncall", "tickets"]
+
+
+@pytest.mark.parametrize(
+    ("explains", "message"),
+    [
+        ((Inhibition(("NoSuchAlert",), why="x"),), "MemoryExhausted explains NoSuchAlert: no such alert"),
+        ((Inhibition(("BackendDown",), (("oom_kill", "maybe"),)),), "but oom_kill is recent/none"),
+        ((Inhibition(("NginxDown",), (("oom_kill", "recent"),)),), "but NginxDown has no oom_kill label"),
+    ],
+)
+def test_a_broken_inhibition_is_one_line(
+    explains: tuple[Inhibition, ...], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = tuple(
+        dataclasses.replace(s, explains=explains) if s.cause is Cause.MEMORY_EXHAUSTED else s for s in SPECS
+    )
+    monkeypatch.setattr(inhibitions, "SPECS", broken)
+    with pytest.raises(MixinError, match=re.escape(message)):
+        rules.render(Settings())
+    assert rules_main(["render", "--out", str(tmp_path)]) == 2
+
+
+def test_an_unknown_label_template_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = CAUSES[Cause.BACKEND_DOWN]
+    broken = dataclasses.replace(spec, page=dataclasses.replace(spec.page, labels=(("oom_kill", "nope"),)))
+    monkeypatch.setattr(alert_table, "SPECS", tuple(broken if s is spec else s for s in SPECS))
+    with pytest.raises(MixinError, match="BackendDown: unknown label template 'nope'"):
+        rules.render(Settings())
+
+
+def test_cause_descriptions_say_what_diagnose_says() -> None:
+    """No evidence re-derived in templates: the meaning, then badgateway_cause_info's facts and fix."""
+    for spec in SPECS:
+        rule = next(r for r in _alert_rules() if r["alert"] == spec.alert)
+        description = rule["annotations"]["description"]
+        assert description.startswith(spec.page.meaning.replace("{instance}", "{{ $labels.instance }}"))
+        (metric,) = set(_METRIC_RE.findall(description))
+        assert metric == "badgateway_cause_info", spec.alert
+        assert f'cause="{spec.cause.value}"' in description
+        assert "$f.Labels.fix" in description and "badgateway-exporter diagnose" in description
+        assert rule["for"] == format_duration(spec.page.for_seconds)
+        assert rule["labels"]["severity"] == spec.page.severity
+        assert {k for k in rule["labels"] if k not in {"severity", "cause", "category"}} == {
+            label for label, _ in spec.page.labels
+        }
+
+
+# Site-specific names may appear in examples/ and tests/, never in what is rendered or generates it.
+SITE_NAMES = ("iiko", "vezuroll", "php8.3", "sites-available")
+
+
+def test_every_spec_is_covered() -> None:
+    """Each spec has its alert, a promtool test, both runbooks and a dashboard panel."""
+    alerts = set(_alert_names())
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "badgateway-overview.json").read_text("utf-8"))
+    titles = {p["title"] for p in dashboard["panels"]}
+    index = (RUNBOOKS / runbooks.INDEX_FILE).read_text(encoding="utf-8")
+    problems = []
+    for spec in SPECS:
+        if spec.alert not in alerts or spec.alert not in ALERT_NAMES:
+            problems.append(f"{spec.alert}: no alert in rules/")
+        case = CASES_DIR / f"{spec.alert}.yml"
+        if not case.is_file() or "badgateway_cause_info" not in case.read_text(encoding="utf-8"):
+            problems.append(
+                f"{spec.alert}: no promtool test tests/rules/{case.name} fed badgateway_cause_info"
+            )
+        for runbook in spec.runbooks:
+            if not (ROOT / runbook).is_file():
+                problems.append(f"{spec.alert}: no runbook {runbook}")
+        if spec.alert not in titles:
+            problems.append(f"{spec.alert}: no panel in grafana/dashboards/badgateway-overview.json")
+        if f"| {spec.alert} | `{spec.cause.value}` |" not in index:
+            problems.append(f"{spec.alert}: not in docs/runbooks/{runbooks.INDEX_FILE}")
+    assert not problems, problems
+
+
+# Runtime files that still name the reference site (defaults and docstrings outside the mixin): the
+# list may only shrink, and the test fails when a file on it no longer needs to be.
+
+
+def test_no_site_names_in_the_exporter_or_the_rules() -> None:
+    found: dict[str, list[str]] = {}
+    for folder in (ROOT / "exporter", RULES_DIR, RUNBOOKS / runbooks.INDEX_FILE):
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else [folder]:
+            if not path.is_file() or "__pycache__" in path.parts or path.suffix in {".so", ".pyc"}:
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace").lower()
+            names = [name for name in SITE_NAMES if name in text]
+            if names:
+                found[str(path.relative_to(ROOT))] = names
+    assert not found, found
+
+
+def test_the_mixin_imports_nothing_of_the_runtime() -> None:
+    """Rendering needs no host: exporter.mixin imports exporter.causes and no check, round or server."""
+    code = (
+        "import sys; import exporter.mixin.cli; "
+        "print('\\n'.join(m for m in sys.modules if m.startswith('exporter')))"
+    )
+    proc = _run([sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    runtime = {
+        m for m in loaded if not m.startswith(("exporter.mixin", "exporter.causes")) and m != "exporter"
+    }
+    assert not runtime, sorted(runtime)
 
 
 def test_every_metric_in_rules_is_documented() -> None:
@@ -228,11 +386,11 @@ def test_every_alert_has_a_firing_and_a_for_test() -> None:
                 if not check.get("exp_alerts"):
                     continue
                 name = check["alertname"]
-                fire_at = rules.parse_duration(check["eval_time"])
+                fire_at = parse_duration(check["eval_time"])
                 if any(
                     c["alertname"] == name
                     and not c.get("exp_alerts")
-                    and 0 < rules.parse_duration(c["eval_time"]) < fire_at
+                    and 0 < parse_duration(c["eval_time"]) < fire_at
                     for c in checks
                 ):
                     covered.add(name)
@@ -260,12 +418,25 @@ def test_promtool_test_rules(case: Path, tmp_path: Path) -> None:
 
 
 @needs_promtool
+def test_promtool_test_rules_on_the_files_as_they_are() -> None:
+    """``promtool test rules tests/rules/*.yml`` from a checkout, without the baseline merge."""
+    assert PROMTOOL is not None
+    proc = _run([PROMTOOL, "test", "rules", *map(str, sorted(CASES_DIR.glob("*.yml")))])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_promtool
 def test_healthy_host_is_silent(tmp_path: Path) -> None:
     checks: list[dict[str, object]] = [
         {"eval_time": t, "alertname": name, "exp_alerts": []}
         for name in _alert_names()
         for t in ("1m", "10m", "30m", "2h", "7h")
     ]
+    # The file runs by itself too (promtool test rules tests/rules/healthy_host.yml): the same checks.
+    (healthy,) = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))["tests"]
+    assert sorted(healthy["alert_rule_test"], key=str) == sorted(checks, key=str), (
+        "tests/rules/healthy_host.yml does not check every alert at 1m, 10m, 30m, 2h and 7h"
+    )
     for interval in ("15s", "5m"):
         case = tmp_path / f"healthy-{interval}.yml"
         data = {
@@ -283,7 +454,7 @@ def test_healthy_host_is_silent(tmp_path: Path) -> None:
 
 
 def test_render_with_other_settings(tmp_path: Path) -> None:
-    code = rules.main(
+    code = rules_main(
         [
             "render",
             "--out",
@@ -297,10 +468,11 @@ def test_render_with_other_settings(tmp_path: Path) -> None:
             "--set",
             "for.PhpFpmDown=3m",
             "--set",
-            "php_fpm_unit=php-fpm",
+            "oom_window=1h",
         ]
     )
     assert code == 0
+    assert not (tmp_path / runbooks.INDEX_FILE).exists(), "--out without --runbooks writes no index"
     text = (tmp_path / rules.RULES_FILE).read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     alerts = {r["alert"]: r for g in data["groups"] for r in g["rules"] if "alert" in r}
@@ -309,15 +481,21 @@ def test_render_with_other_settings(tmp_path: Path) -> None:
     assert alerts["DiskWillFillSoon"]["for"] == "6m"
     assert "> 0.5\n" in alerts["NginxGatewayErrors"]["expr"]
     assert alerts["PhpFpmDown"]["annotations"]["runbook_url"] == "https://wiki.example.net/rb/PhpFpmDown.md"
-    assert '$unit := "php-fpm"' in alerts["PhpFpmDown"]["annotations"]["description"]
+    assert "[1h]) > 0" in alerts["BackendDown"]["labels"]["oom_kill"]
     assert "gateway_error_rate=0.5" in text.splitlines()[2]
+    am = (tmp_path / inhibitions.ALERTMANAGER_FILE).read_text(encoding="utf-8")
+    assert "+ for: 18s + group_wait 15s = at most 1m3s." in am  # the budget follows for.PhpFpmDown
+    assert "increased in the last 1h" in am
+    if AMTOOL is not None:
+        proc = _run([AMTOOL, "check-config", str(tmp_path / inhibitions.ALERTMANAGER_FILE)])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     if PROMTOOL is not None:
         proc = _run([PROMTOOL, "check", "rules", str(tmp_path / rules.RULES_FILE)])
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_for_scale_zero_drops_for(tmp_path: Path) -> None:
-    assert rules.main(["render", "--out", str(tmp_path), "--for-scale", "0"]) == 0
+    assert rules_main(["render", "--out", str(tmp_path), "--for-scale", "0"]) == 0
     data = yaml.safe_load((tmp_path / rules.RULES_FILE).read_text(encoding="utf-8"))
     assert all("for" not in r for g in data["groups"] for r in g["rules"])
 
@@ -335,52 +513,63 @@ def test_for_scale_zero_drops_for(tmp_path: Path) -> None:
         (["render", "--for-scale", "fast"], "--for-scale"),
         (["render", "--runbook-base-url", "runbooks/"], "absolute URL"),
         (["render", "--set", "front_target=(["], "invalid regular expression"),
+        # Site names are no settings any more: they come with badgateway_cause_info.
+        (["render", "--set", "php_fpm_unit=php-fpm"], "--set php_fpm_unit: unknown key"),
+        (["render", "--set", "nginx_site_config=/etc/nginx/x"], "--set nginx_site_config: unknown key"),
         (["explode"], "invalid choice"),
         ([], "required"),
     ],
 )
+@pytest.mark.parametrize("command", ["rules", "dashboards"])
 def test_bad_input_is_one_line_and_exit_2(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """One error path for both commands: one line naming the command, exit 2."""
     if argv and argv[0] == "render":
         argv = [*argv, "--out", str(tmp_path / "out")]
-    assert rules.main(argv) == 2
+    main = rules_main if command == "rules" else dashboards_main
+    assert main(argv) == 2
     err = capsys.readouterr().err
+    assert err.startswith(f"badgateway-exporter {command}: ")
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_out_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
-    assert rules.main(["render", "--out", str(blocker / "sub")]) == 2
+    assert rules_main(["render", "--out", str(blocker / "sub")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_check_command(tmp_path: Path) -> None:
-    assert rules.main(["check", "--out", str(RULES_DIR)]) == 0
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rules_main(["check", "--out", str(RULES_DIR), "--runbooks", str(RUNBOOKS)]) == 0
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / rules.RULES_FILE).write_text("groups: []\n", encoding="utf-8")
-    assert rules.main(["check", "--out", str(stale)]) == 1
+    capsys.readouterr()
+    assert rules_main(["check", "--out", str(stale)]) == 1
+    err = capsys.readouterr().err
+    assert f"{stale / rules.RULES_FILE}: differs from a fresh render" in err
+    assert f"{stale / inhibitions.ALERTMANAGER_FILE}: cannot read" in err
+    # The runbook index is checked too: a stale one is drift.
+    index = tmp_path / "runbooks"
+    index.mkdir()
+    (index / runbooks.INDEX_FILE).write_text("# old\n", encoding="utf-8")
+    assert rules_main(["check", "--out", str(RULES_DIR), "--runbooks", str(index)]) == 1
+    assert f"{index / runbooks.INDEX_FILE}: differs" in capsys.readouterr().err
 
 
 def test_durations() -> None:
-    assert rules.parse_duration("1m30s") == 90
-    assert rules.format_duration(90) == "1m30s"
-    assert rules.format_duration(3600) == "1h"
-    assert rules.format_duration(0.4) == "0s"
+    assert parse_duration("1m30s") == 90
+    assert format_duration(90) == "1m30s"
+    assert format_duration(3600) == "1h"
+    assert format_duration(0.4) == "0s"
 
 
 # ---------------------------------------------------------------- real Alertmanager inhibition
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _http(method: str, url: str, body: object | None = None) -> Any:
@@ -397,7 +586,7 @@ def _http(method: str, url: str, body: object | None = None) -> Any:
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     if ALERTMANAGER is None:
         pytest.skip("prometheus-alertmanager missing")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "alertmanager.log").open("w")
     proc = subprocess.Popen(
