@@ -1,0 +1,297 @@
+"""The diagnosis from hand-built rounds: one healthy host, then each cause broken alone.
+
+No process is started: every :class:`RoundResults` is built here, so each row says exactly which
+evidence makes which verdict, cause and fix. The real-stack tests prove the checks produce such
+evidence; these prove what the runbook makes of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from collections.abc import Callable
+
+import pytest
+
+from exporter.causes import CAUSES, Cause, Verdict
+from exporter.checks.fastcgi import FailureReason, FastCGIResult, PoolStatus
+from exporter.checks.http import HttpResult
+from exporter.checks.logs import LogsResult
+from exporter.checks.nginx_config import NginxConfigResult
+from exporter.checks.processes import ProcessesResult, ServiceProcesses
+from exporter.checks.resources import FilesystemUsage, ResourcesResult
+from exporter.checks.sockets import BlockedPath, SocketResult
+from exporter.config import Config, config_from_dict
+from exporter.diagnosis import diagnose
+from exporter.logs.evidence import Evidence
+from exporter.metrics import cause_families
+from exporter.rounds import RoundResults
+
+SOCKET = "/run/php/php8.2-fpm.sock"
+OTHER_SOCKET = "/run/php/php8.3-fpm.sock"
+GiB = 1 << 30
+
+
+def config() -> Config:
+    return config_from_dict(
+        {
+            "php_fpm": [{"socket": SOCKET}],
+            "units": {"enabled": False, "php_fpm": "php8.2-fpm.service", "backend": "shop-api.service"},
+            "http": [
+                {"name": "backend", "url": "http://127.0.0.1:8000/health", "role": "backend"},
+                {"name": "front", "url": "http://127.0.0.1/", "role": "front"},
+            ],
+            "discovery": {"enabled": False},
+            "logs": {"nginx": ["/nonexistent/error.log"], "php_fpm": []},
+        }
+    )
+
+
+def healthy() -> RoundResults:
+    procs = tuple(
+        ServiceProcesses(service, 3, 50 << 20, (100 + i,), (f"{service}: master",), ("root",))
+        for i, service in enumerate(("nginx", "php_fpm", "backend"))
+    )
+    pool = PoolStatus("www", "static", 0.0, 10, 0, 0, 511, 1, 1, 2, 2, 0, 0)
+    return RoundResults(
+        timeout_seconds=5.0,
+        sockets=(
+            SocketResult(
+                SOCKET,
+                True,
+                True,
+                "www-data",
+                "www-data",
+                "0660",
+                "www-data",
+                True,
+                True,
+                None,
+                True,
+                None,
+                None,
+            ),
+        ),
+        fastcgi=(FastCGIResult(SOCKET, True, None, None, 0.001, pool, None, None),),
+        http=(
+            HttpResult("backend", "http://127.0.0.1:8000/health", "backend", True, 200, 0.002, None, None),
+            HttpResult("front", "http://127.0.0.1/", "front", True, 200, 0.003, None, None),
+        ),
+        processes=ProcessesResult(procs),
+        resources=ResourcesResult(
+            16 * GiB,
+            8 * GiB,
+            0,
+            0,
+            0,
+            (FilesystemUsage("/", ("/run/php",), 100 * GiB, 50 * GiB, 1000, 900),),
+            (),
+        ),
+        nginx_config=NginxConfigResult(("nginx", "-t"), True, None, "ok", None, None, 0.0, 0.01),
+        logs=LogsResult(("/var/log/nginx/error.log",), ("/var/log/nginx/error.log",), None, ()),
+    )
+
+
+def _without_process(service: str) -> Callable[[RoundResults], RoundResults]:
+    def change(r: RoundResults) -> RoundResults:
+        assert r.processes is not None
+        kept = tuple(p for p in r.processes.services if p.service != service)
+        return dataclasses.replace(r, processes=ProcessesResult(kept))
+
+    return change
+
+
+def _php_fpm_stopped(r: RoundResults) -> RoundResults:
+    r = _without_process("php_fpm")(r)
+    missing = dataclasses.replace(
+        r.sockets[0], exists=False, is_socket=False, owner=None, group=None, mode=None, accessible=None,
+        connectable=False, connect_errno=errno.ENOENT, connect_error="No such file or directory",
+    )  # fmt: skip
+    fcgi = FastCGIResult(SOCKET, False, FailureReason.SOCKET_MISSING, "No such file", 0.0, None, None, None)
+    front = dataclasses.replace(r.http[1], up=False, status_code=502)
+    return dataclasses.replace(r, sockets=(missing,), fastcgi=(fcgi,), http=(r.http[0], front))
+
+
+def _socket_stale(r: RoundResults) -> RoundResults:
+    r = _without_process("php_fpm")(r)
+    stale = dataclasses.replace(r.sockets[0], connectable=False, connect_errno=errno.ECONNREFUSED,
+                                connect_error="Connection refused")  # fmt: skip
+    fcgi = FastCGIResult(SOCKET, False, FailureReason.CONNECTION_REFUSED, "refused", 0.0, None, None, None)
+    return dataclasses.replace(r, sockets=(stale,), fastcgi=(fcgi,))
+
+
+def _socket_moved(r: RoundResults) -> RoundResults:
+    r = _php_fpm_stopped(r)
+    assert r.processes is not None
+    php = ServiceProcesses("php_fpm", 3, 1, (200,), ("php-fpm: master",), ("root",))
+    return dataclasses.replace(
+        r,
+        processes=ProcessesResult((*r.processes.services, php)),
+        socket_alternatives=((SOCKET, (OTHER_SOCKET,)),),
+    )
+
+
+def _socket_chowned(r: RoundResults) -> RoundResults:
+    denied = dataclasses.replace(r.sockets[0], owner="root", group="root", accessible=False)
+    return dataclasses.replace(r, sockets=(denied,))
+
+
+def _folder_closed(r: RoundResults) -> RoundResults:
+    blocked = BlockedPath("/run/php", "search", "root", "root", "0700")
+    return dataclasses.replace(
+        r, sockets=(dataclasses.replace(r.sockets[0], accessible=False, blocked_by=blocked),)
+    )
+
+
+def _pool_busy(r: RoundResults) -> RoundResults:
+    fcgi = FastCGIResult(SOCKET, False, FailureReason.TIMEOUT, "no answer in 2 s", 2.0, None, None, None)
+    front = dataclasses.replace(r.http[1], up=False, status_code=504)
+    return dataclasses.replace(r, fastcgi=(fcgi,), http=(r.http[0], front))
+
+
+def _backend_refused(r: RoundResults) -> RoundResults:
+    r = _without_process("backend")(r)
+    backend = dataclasses.replace(
+        r.http[0], up=False, status_code=None, error="connection_refused", detail="refused"
+    )
+    return dataclasses.replace(r, http=(backend, r.http[1]))
+
+
+def _backend_500(r: RoundResults) -> RoundResults:
+    return dataclasses.replace(r, http=(dataclasses.replace(r.http[0], up=False, status_code=500), r.http[1]))
+
+
+def _front_504(r: RoundResults) -> RoundResults:
+    return dataclasses.replace(r, http=(r.http[0], dataclasses.replace(r.http[1], up=False, status_code=504)))
+
+
+def _memory_low(r: RoundResults) -> RoundResults:
+    assert r.resources is not None
+    return dataclasses.replace(
+        r, resources=dataclasses.replace(r.resources, memory_available_bytes=GiB // 100)
+    )
+
+
+def _oom_kill(r: RoundResults) -> RoundResults:
+    return dataclasses.replace(r, recent_oom_kills=1)
+
+
+def _disk_full(r: RoundResults) -> RoundResults:
+    assert r.resources is not None
+    full = dataclasses.replace(r.resources.filesystems[0], avail_bytes=0)
+    return dataclasses.replace(r, resources=dataclasses.replace(r.resources, filesystems=(full,)))
+
+
+def _nginx_t_fails(r: RoundResults) -> RoundResults:
+    broken = NginxConfigResult(("nginx", "-t"), False, None, 'unexpected "}" in /etc/nginx/sites-enabled/shop:12',
+                               "/etc/nginx/sites-enabled/shop", 12, 0.0, 0.01)  # fmt: skip
+    return dataclasses.replace(r, nginx_config=broken)
+
+
+def _nginx_stopped(r: RoundResults) -> RoundResults:
+    r = _without_process("nginx")(r)
+    front = dataclasses.replace(
+        r.http[1], up=False, status_code=None, error="connection_refused", detail="refused"
+    )
+    return dataclasses.replace(r, http=(r.http[0], front))
+
+
+# (name, change to the healthy round, the causes diagnose must find, a line its fix must hold)
+CASES: list[tuple[str, Callable[[RoundResults], RoundResults], set[Cause], str]] = [
+    ("php_fpm_stopped", _php_fpm_stopped, {Cause.PHP_FPM_DOWN}, "sudo systemctl start php8.2-fpm"),
+    ("php_fpm_killed", _socket_stale, {Cause.PHP_FPM_DOWN}, "sudo systemctl restart php8.2-fpm"),
+    ("socket_moved", _socket_moved, {Cause.SOCKET_PATH_MISMATCH}, f"nginx expects {SOCKET} but PHP-FPM listens on {OTHER_SOCKET}"),
+    ("socket_chowned", _socket_chowned, {Cause.SOCKET_PERMISSION_DENIED}, "listen.owner = www-data, listen.group = www-data"),
+    ("folder_closed", _folder_closed, {Cause.SOCKET_PERMISSION_DENIED}, "sudo chmod o+x /run/php"),
+    ("pool_busy", _pool_busy, {Cause.PHP_FPM_POOL_EXHAUSTED}, "sudo systemctl restart php8.2-fpm   # frees hung workers now"),
+    ("backend_refused", _backend_refused, {Cause.BACKEND_DOWN}, "sudo systemctl start shop-api"),
+    ("backend_500", _backend_500, {Cause.BACKEND_UNHEALTHY}, "sudo journalctl -u shop-api -n 50 --no-pager"),
+    ("front_504", _front_504, {Cause.UPSTREAM_TIMEOUT}, "sudo tail -50 /nonexistent/error.log | grep 'timed out'"),
+    ("memory_low", _memory_low, {Cause.MEMORY_EXHAUSTED}, "free -h; ps aux --sort=-rss | head -15"),
+    ("oom_kill", _oom_kill, {Cause.MEMORY_EXHAUSTED}, "free -h; ps aux --sort=-rss | head -15"),
+    ("disk_full", _disk_full, {Cause.DISK_FULL}, "df -h /; sudo du -xh / 2>/dev/null | sort -h | tail -20"),
+    ("nginx_t_fails", _nginx_t_fails, {Cause.NGINX_CONFIG_INVALID}, "fix /etc/nginx/sites-enabled/shop:12, then: sudo nginx -t"),
+    ("nginx_stopped", _nginx_stopped, {Cause.NGINX_DOWN}, "sudo nginx -t && sudo systemctl start nginx"),
+]  # fmt: skip
+
+
+def test_a_healthy_round_has_no_cause_and_no_failing_step() -> None:
+    diagnosis = diagnose(healthy(), config())
+    assert diagnosis.healthy
+    assert diagnosis.causes == frozenset()
+    assert [f.step for f in diagnosis.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)] == []
+    assert {f.step for f in diagnosis.findings} >= {
+        "process:php_fpm",
+        "logs",
+        "nginx_config",
+        f"socket:{SOCKET}",
+        "memory",
+    }
+
+
+@pytest.mark.parametrize(("name", "change", "causes", "fix_line"), CASES, ids=[c[0] for c in CASES])
+def test_each_fault_gives_exactly_its_cause_and_fix(
+    name: str, change: Callable[[RoundResults], RoundResults], causes: set[Cause], fix_line: str
+) -> None:
+    diagnosis = diagnose(change(healthy()), config())
+    assert diagnosis.causes == causes, name
+    (cause,) = causes
+    deciding = diagnosis.evidence[cause]
+    assert all(f.verdict is Verdict.FAIL and f.cause is cause for f in deciding)
+    assert diagnosis.fix(cause) == deciding[0].fix
+    assert any(fix_line in line for finding in deciding for line in finding.fix), [f.fix for f in deciding]
+
+
+def test_every_cause_has_a_row_here() -> None:
+    covered = {cause for _, _, causes, _ in CASES for cause in causes}
+    assert covered == set(CAUSES)
+
+
+def test_the_info_metric_carries_the_facts_and_the_fix_diagnose_prints() -> None:
+    diagnosis = diagnose(_php_fpm_stopped(healthy()), config())
+    cause, info = list(cause_families(diagnosis))
+    assert {s.labels["cause"]: s.value for s in cause.samples}[Cause.PHP_FPM_DOWN] == 1.0
+    assert sum(s.value for s in cause.samples) == 1.0
+    (sample,) = [s for s in info.samples if s.labels["cause"] == "php_fpm_down"]  # one per distinct fix
+    assert len(diagnosis.evidence[Cause.PHP_FPM_DOWN]) == 2  # the process and the socket step
+    assert sample.labels["unit"] == "php8.2-fpm"
+    assert sample.labels["socket"] == SOCKET  # from the socket step, merged into the process step's fix
+    assert sample.labels["fix"] == "\n".join(diagnosis.fix(Cause.PHP_FPM_DOWN))
+    assert all(s.labels["cause"] in {c.value for c in diagnosis.causes} for s in info.samples)
+
+
+def test_a_pool_exhausted_504_is_not_also_an_upstream_timeout() -> None:
+    diagnosis = diagnose(_pool_busy(healthy()), config())
+    assert Cause.UPSTREAM_TIMEOUT not in diagnosis.causes
+
+
+def test_a_502_no_cause_explains_is_its_own_failing_finding() -> None:
+    r = healthy()
+    diagnosis = diagnose(
+        dataclasses.replace(r, http=(r.http[0], dataclasses.replace(r.http[1], up=False, status_code=502))),
+        config(),
+    )
+    assert diagnosis.causes == frozenset()
+    assert not diagnosis.healthy
+    (unexplained,) = [f for f in diagnosis.findings if f.step == "gateway_errors"]
+    assert unexplained.verdict is Verdict.FAIL
+    assert "http://127.0.0.1/ answered 502" in unexplained.evidence
+
+
+def test_log_lines_in_the_round_are_the_log_steps_evidence() -> None:
+    line = "connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory) while connecting to upstream"
+    logs = LogsResult(("/var/log/nginx/error.log",), ("/var/log/nginx/error.log",), None,
+                      (Evidence("/var/log/nginx/error.log", "nginx", "2026/12/01 10:00:00", "socket_missing",
+                                upstream=f"unix:{SOCKET}", line=line),))  # fmt: skip
+    diagnosis = diagnose(dataclasses.replace(healthy(), logs=logs), config())
+    (step,) = [f for f in diagnosis.findings if f.step == "logs"]
+    assert step.verdict is Verdict.WARN
+    assert f"1 x socket_missing (unix:{SOCKET})" in step.evidence[0]
+    assert step.title.startswith("The nginx and PHP-FPM logs show 1 recent")
+
+
+def test_a_collector_that_did_not_deliver_is_a_skipped_step_not_a_cause() -> None:
+    diagnosis = diagnose(dataclasses.replace(healthy(), processes=None, resources=None), config())
+    skipped = {f.step for f in diagnosis.findings if f.verdict is Verdict.SKIP}
+    assert {"processes", "resources"} <= skipped
+    assert diagnosis.causes == frozenset()
