@@ -185,10 +185,10 @@ def serve(
 
 
 def run_diagnose(config: Config, output_format: str, timeout: float | None) -> int:
-    """Run every check once; exit 0 healthy, 1 when a cause or a gateway error is found."""
+    """Run every check once; exit 0 healthy, 1 a cause of 502/504 now, 3 only problems for the next restart."""
     diagnosis = diagnose_once(config, timeout)
     if output_format == "json":
         print(json.dumps(diagnosis_json(diagnosis), indent=2))
     else:
         print(render_text(diagnosis, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
-    return 0 if diagnosis.healthy else 1
+    return diagnosis.exit_code

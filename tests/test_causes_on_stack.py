@@ -260,10 +260,12 @@ def test_nginx_config_broken_on_disk(stack: Stack) -> None:
     try:
         assert front_status(stack) == 200  # nginx still serves the old config
         scrape, causes, _ = scrape_and_diagnose(stack)
-        _, document = diagnose_json(write_config(stack))
+        code, document = diagnose_json(write_config(stack))
     finally:
         stack.restore_nginx_config()
     assert scrape.causes() == {"nginx_config_invalid"} == causes
+    assert code == 3  # only latent: nothing answers 502 until the next reload
+    assert [c["now"] for c in document["causes"]] == [False]
     assert scrape.value("badgateway_nginx_config_valid") == 0
     fix = next(c["fix"] for c in document["causes"] if c["cause"] == "nginx_config_invalid")
     assert any(str(stack.nginx_conf) in line for line in fix)

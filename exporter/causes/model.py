@@ -77,6 +77,9 @@ class Finding:
     cause: Cause | None = None
     fix: tuple[str, ...] = ()
     facts: Facts = field(default_factory=Facts)
+    latent: bool = False
+    """A warning about the next reload, restart or reboot (not enabled at boot, a pool that will lock
+    nginx out): nothing fails now, the next restart will."""
 
     @property
     def failing_cause(self) -> Cause | None:
@@ -129,6 +132,8 @@ class CauseSpec:
     """Names of the faults in the demo catalogue that inject it for real."""
     explains: tuple[Inhibition, ...] = ()
     decide: Decide = failing_findings
+    latent_while_serving: bool = False
+    """Nothing answers 502 yet while nginx still serves: it will on the next reload or restart."""
 
     @property
     def runbooks(self) -> tuple[str, str]:

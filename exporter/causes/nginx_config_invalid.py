@@ -19,6 +19,7 @@ SPEC = CauseSpec(
         severity="warning",
     ),
     faults=("nginx_config_broken",),
+    latent_while_serving=True,
 )
 
 

@@ -16,7 +16,19 @@ from exporter.diagnosis.steps import STEPS
 from exporter.diagnosis.steps.probes import nginx_error_log
 from exporter.rounds import RoundResults
 
-__all__ = ["Diagnosis", "Finding", "Verdict", "diagnose"]
+__all__ = [
+    "EXIT_CAUSE_NOW",
+    "EXIT_HEALTHY",
+    "EXIT_LATENT_ONLY",
+    "Diagnosis",
+    "Finding",
+    "Verdict",
+    "diagnose",
+]
+
+EXIT_HEALTHY = 0
+EXIT_CAUSE_NOW = 1
+EXIT_LATENT_ONLY = 3  # 2 is bad usage or configuration
 
 
 @dataclass(frozen=True)
@@ -28,10 +40,31 @@ class Diagnosis:
     gateway_errors: tuple[str, ...] = ()  # front probes answered 502/504
     evidence: dict[Cause, tuple[Finding, ...]] = field(default_factory=dict, compare=False)
     """For each active cause, the findings that decided it (the first one's fix is the fix)."""
+    latent: frozenset[Cause] = field(default_factory=frozenset)
+    """Active causes that nothing answers 502/504 for yet (nginx -t fails while nginx still serves)."""
 
     @property
     def healthy(self) -> bool:
         return not self.causes and not self.gateway_errors
+
+    @property
+    def now(self) -> frozenset[Cause]:
+        """The causes of 502/504 happening now."""
+        return self.causes - self.latent
+
+    @property
+    def latent_findings(self) -> tuple[Finding, ...]:
+        """Warnings that will become 502/504 on the next reload, restart or reboot."""
+        return tuple(f for f in self.findings if f.latent)
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy, 1 a cause of 502/504 now, 3 only problems for the next reload or restart."""
+        if self.now or self.gateway_errors:
+            return EXIT_CAUSE_NOW
+        if self.latent or self.latent_findings:
+            return EXIT_LATENT_ONLY
+        return EXIT_HEALTHY
 
     def fix(self, cause: Cause) -> tuple[str, ...]:
         deciding = self.evidence.get(cause, ())
@@ -52,7 +85,9 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     )
     if gateway_errors and not evidence:
         findings.append(_unexplained(gateway_errors, ctx))
-    return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence)
+    serving = ctx.answering["nginx"] or bool(ctx.running["nginx"])
+    latent = frozenset(c for c in evidence if CAUSES[c].latent_while_serving and serving)
+    return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence, latent)
 
 
 def _unexplained(gateway_errors: tuple[str, ...], ctx: StepContext) -> Finding:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.causes import CAUSES, Finding, Verdict
+from exporter.causes import CAUSES, Cause, Finding, Verdict
 from exporter.diagnosis import Diagnosis
 
 _MARKS = {Verdict.OK: "ok  ", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip"}
@@ -20,16 +20,25 @@ def finding_json(finding: Finding) -> dict[str, object]:
     }
 
 
+def _cause_json(diagnosis: Diagnosis, cause: Cause) -> dict[str, object]:
+    spec = CAUSES[cause]
+    return {
+        "cause": cause.value,
+        "title": spec.title,
+        "alert": spec.alert,
+        "runbook": spec.runbook_path,
+        "now": cause not in diagnosis.latent,
+        "fix": list(diagnosis.fix(cause)),
+    }
+
+
 def diagnosis_json(diagnosis: Diagnosis) -> dict[str, object]:
     """The diagnosis as a JSON-able document (``diagnose --format json``)."""
-    causes = [
-        {"cause": cause.value, "title": CAUSES[cause].title, "alert": CAUSES[cause].alert,
-         "runbook": CAUSES[cause].runbook_path, "fix": list(diagnosis.fix(cause))}
-        for cause in sorted(diagnosis.causes)
-    ]  # fmt: skip
     return {
         "healthy": diagnosis.healthy,
-        "causes": causes,
+        "exit_code": diagnosis.exit_code,
+        "causes": [_cause_json(diagnosis, cause) for cause in sorted(diagnosis.causes)],
+        "latent": [finding_json(f) for f in diagnosis.latent_findings],
         "gateway_errors": list(diagnosis.gateway_errors),
         "findings": [finding_json(f) for f in diagnosis.findings],
     }
@@ -46,21 +55,52 @@ def _finding_lines(finding: Finding, color: bool) -> list[str]:
 
 
 def render_text(diagnosis: Diagnosis, color: bool = False) -> str:
-    """Each step, its evidence, the verdict and the fix; then the causes found."""
+    """Each step, its evidence, the verdict and the fix; then the causes found, now before later."""
     lines = [line for finding in diagnosis.findings for line in _finding_lines(finding, color)]
     lines.append("")
-    if diagnosis.healthy:
+    if diagnosis.healthy and not diagnosis.latent_findings:
         lines.append(_paint("Verdict: no cause of 502/504 found.", "32;1", color))
         return "\n".join(lines)
-    if diagnosis.causes:
-        lines.append(_paint(f"Verdict: {len(diagnosis.causes)} cause(s) of 502/504 found:", "31;1", color))
-        for cause in sorted(diagnosis.causes):
-            spec = CAUSES[cause]
-            lines.append(f"  {cause.value}: {spec.title} (runbook: {spec.runbook_path})")
-            lines.extend(f"      {command}" for command in diagnosis.fix(cause))
+    lines += _now_lines(diagnosis, color)
+    lines += _latent_lines(diagnosis, color)
     if diagnosis.gateway_errors:
         lines.append("Gateway errors seen: " + "; ".join(diagnosis.gateway_errors))
     return "\n".join(lines)
+
+
+def _cause_lines(diagnosis: Diagnosis, cause: Cause) -> list[str]:
+    spec = CAUSES[cause]
+    return [
+        f"  {cause.value}: {spec.title} (runbook: {spec.runbook_path})",
+        *(f"      {command}" for command in diagnosis.fix(cause)),
+    ]
+
+
+def _now_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
+    if not diagnosis.now:
+        if diagnosis.gateway_errors:
+            return [
+                _paint("Verdict: nginx answers 502/504 and no cause explains it (see above).", "31;1", color)
+            ]
+        return [_paint("Verdict: nothing answers 502/504 now.", "32;1", color)]
+    lines = [_paint(f"Verdict: {len(diagnosis.now)} cause(s) of 502/504 happening now:", "31;1", color)]
+    for cause in sorted(diagnosis.now):
+        lines += _cause_lines(diagnosis, cause)
+    return lines
+
+
+def _latent_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
+    found = sorted(diagnosis.latent)
+    warnings = diagnosis.latent_findings
+    if not found and not warnings:
+        return []
+    lines = [_paint("Will cause 502/504 on the next reload, restart or reboot:", "33;1", color)]
+    for cause in found:
+        lines += _cause_lines(diagnosis, cause)
+    for finding in warnings:
+        lines.append(f"  {finding.title}")
+        lines.extend(f"      {command}" for command in finding.fix)
+    return lines
 
 
 def _paint(text: str, code: str, color: bool) -> str:

@@ -178,9 +178,13 @@ def template_values(s: Settings) -> dict[str, str]:
     }
 
 
-# While a cause fires, Alertmanager's inhibition silences the symptom. Just after the fix, the errors
-# logged during it are still in the rate window and the round that saw the fix may still carry a 502
-# probed a moment before: those are the healed cause's, not an unexplained symptom.
+# The symptom pages only for 502/504s that no cause explains: it is silent while the exporter names
+# any cause on the instance, and for the rest of the window after one healed. A cause alert's own
+# `for:` may be longer than the symptom's (UpstreamTimeout waits 5m, the symptom 2m): without this
+# the symptom would page "cause unknown" before the known cause's alert is allowed to fire. Just
+# after a fix, the errors logged during it are still in the rate window and the round that saw the
+# fix may still carry a 502 probed a moment before: those are the healed cause's too. Alertmanager's
+# inhibition (any cause alert mutes the symptom) stays as a second guard.
 SYMPTOM_EXPR = (
     "(\n"
     "  sum by (instance) (rate(badgateway_nginx_upstream_errors_total[{window}])) > {gateway_error_rate}\n"
@@ -188,10 +192,8 @@ SYMPTOM_EXPR = (
     "  max by (instance) (badgateway_http_status_code{target=~{front}} == 502"
     " or badgateway_http_status_code{target=~{front}} == 504)\n"
     ")\n"
-    "unless on (instance) (\n"
-    "  max by (instance) (max_over_time(badgateway_cause[{window}])) == 1\n"
-    "  unless on (instance) max by (instance) (badgateway_cause) == 1\n"
-    ")"
+    "unless on (instance)\n"
+    "max by (instance) (max_over_time(badgateway_cause[{window}])) == 1"
 )
 
 OTHER_ALERTS: tuple[AlertSpec, ...] = (
@@ -207,7 +209,7 @@ OTHER_ALERTS: tuple[AlertSpec, ...] = (
         description=(
             "nginx on {instance} is failing to reach its upstreams: {upstream_errors};"
             " front probe: {front_status}."
-            " No cause alert fires for this instance (any of them would inhibit this one).\n"
+            " The exporter names no cause for this instance: these errors are unexplained.\n"
             "Fix: run {diagnose} on the host, read the last errors of {error_log}"
             " and follow the runbook steps 1-5."
         ),

@@ -22,7 +22,8 @@ from exporter.checks.processes import ProcessesResult, ServiceProcesses
 from exporter.checks.resources import FilesystemUsage, ResourcesResult
 from exporter.checks.sockets import BlockedPath, SocketResult
 from exporter.config import Config, config_from_dict
-from exporter.diagnosis import diagnose
+from exporter.diagnosis import EXIT_CAUSE_NOW, EXIT_HEALTHY, EXIT_LATENT_ONLY, diagnose
+from exporter.diagnosis.render import diagnosis_json, render_text
 from exporter.logs.evidence import Evidence
 from exporter.metrics import cause_families
 from exporter.rounds import RoundResults
@@ -295,3 +296,26 @@ def test_a_collector_that_did_not_deliver_is_a_skipped_step_not_a_cause() -> Non
     skipped = {f.step for f in diagnosis.findings if f.verdict is Verdict.SKIP}
     assert {"processes", "resources"} <= skipped
     assert diagnosis.causes == frozenset()
+
+
+def test_a_broken_config_while_nginx_serves_is_latent_not_a_502_now() -> None:
+    diagnosis = diagnose(_nginx_t_fails(healthy()), config())
+    assert diagnosis.causes == {Cause.NGINX_CONFIG_INVALID}
+    assert diagnosis.latent == {Cause.NGINX_CONFIG_INVALID} and diagnosis.now == frozenset()
+    assert diagnosis.exit_code == EXIT_LATENT_ONLY
+    text = render_text(diagnosis)
+    assert "Verdict: nothing answers 502/504 now." in text
+    assert "Will cause 502/504 on the next reload, restart or reboot:" in text
+    assert diagnosis_json(diagnosis)["exit_code"] == EXIT_LATENT_ONLY
+
+
+def test_a_broken_config_with_nginx_down_is_a_cause_now() -> None:
+    diagnosis = diagnose(_nginx_t_fails(_nginx_stopped(healthy())), config())
+    assert diagnosis.now == {Cause.NGINX_CONFIG_INVALID, Cause.NGINX_DOWN}
+    assert diagnosis.exit_code == EXIT_CAUSE_NOW
+    assert "Verdict: 2 cause(s) of 502/504 happening now:" in render_text(diagnosis)
+
+
+def test_exit_codes() -> None:
+    assert diagnose(healthy(), config()).exit_code == EXIT_HEALTHY
+    assert diagnose(_php_fpm_stopped(healthy()), config()).exit_code == EXIT_CAUSE_NOW

@@ -73,7 +73,7 @@ def _access_finding(
             f"the socket now is {sock.mode} {sock.owner}:{sock.group} and usable: the file changed since"
             " PHP-FPM started; nginx is locked out after the next restart"
         )
-        return Finding(step, title, Verdict.WARN, tuple(evidence), fix=fix)
+        return Finding(step, title, Verdict.WARN, tuple(evidence), fix=fix, latent=True)
     facts = Facts(unit=unit, socket=pool.listen or "", file=pool.file)
     return Finding(step, title, Verdict.FAIL, tuple(evidence), Cause.SOCKET_PERMISSION_DENIED, fix, facts)
 

@@ -112,7 +112,7 @@ def _unit_finding(ctx: StepContext, service: str, name: str, unit: UnitStatus) -
     if unit.unit_file_state not in ENABLED_FILE_STATES:
         return Finding(
             step, title, Verdict.WARN, (status, "running now, but it will not start after a reboot"),
-            fix=(f"sudo systemctl enable {short}",),
+            fix=(f"sudo systemctl enable {short}",), latent=True,
         )  # fmt: skip
     return Finding(step, title, Verdict.OK, (status,))
 
