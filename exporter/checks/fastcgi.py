@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from flup.client import fcgi_app as flup_fcgi
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,6 +23,8 @@ from exporter.deadline import Deadline
 
 _REQUEST_ID = 1
 _MAX_RESPONSE_BYTES = 1 << 20
+
+Probe = Literal["ping", "status", "connect"]
 
 
 class FailureReason(StrEnum):
@@ -86,6 +89,9 @@ class FastCGIResult:
     pool_status: PoolStatus | None
     status_failure: FailureReason | None
     status_detail: str | None
+    probe: Probe = "ping"
+    """What was asked: ``ping`` (ping.path, answer compared), ``status`` (only the status page), or
+    ``connect`` (neither is configured: only that the socket accepts)."""
 
 
 @dataclass(frozen=True)
@@ -351,6 +357,7 @@ class FastCGICheck:
             pool_status=pool_status,
             status_failure=status_failure.reason if status_failure else None,
             status_detail=status_failure.detail if status_failure else None,
+            probe="ping" if self.pool.ping_path else ("status" if self.pool.status_path else "connect"),
         )
 
 

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -103,7 +104,7 @@ def _client(action: str, fault: str | None, target: Path | None) -> int:
     folder = _demo_dir(target)
     if folder is None:
         print(
-            f"{PROG} {action}: no running demo found (start one with: badgateway-exporter demo)",
+            f"{PROG} {action}: no running demo found (start one with: {own_command()} demo)",
             file=sys.stderr,
         )
         return 1
@@ -193,7 +194,7 @@ class _Control:
         self.say(f"injected {fault.name}: {fault.title}; expect {fault.alert} (cause {fault.cause.value})")
         return True, (
             f"injected {fault.name} ({fault.title}); the demo prints the page ({fault.alert}) when it arrives;"
-            f" heal with: badgateway-exporter demo heal"
+            f" heal with: {own_command()} demo heal"
         )
 
     def _heal(self, name: str | None) -> tuple[bool, str]:
@@ -298,6 +299,7 @@ def _serve(
     exits.callback(_remove_pointer, root)
 
     diagnosis = exporter.check(config.scrape_timeout_seconds).diagnosis
+    me = own_command()
     print(
         f"""
 demo stack is up:
@@ -308,12 +310,12 @@ demo stack is up:
 exporter:
   metrics              http://{host}:{port}/metrics
   config               {config_path}
-  diagnose yourself    .venv/bin/badgateway-exporter --config {config_path} diagnose
+  diagnose yourself    {me} --config {config_path} diagnose
 {alerting}
 break it (another terminal):
-  badgateway-exporter demo faults              # what can be injected
-  badgateway-exporter demo break php_fpm_down  # a fault or a cause name
-  badgateway-exporter demo heal
+  {me} demo faults              # what can be injected
+  {me} demo break php_fpm_down  # a fault or a cause name
+  {me} demo heal
 
 what diagnose says now:
 {render_text(diagnosis)}
@@ -323,6 +325,18 @@ Press Ctrl-C to stop everything.""",
     )
     stop.wait(args.duration)
     return 0
+
+
+def own_command() -> str:
+    """How to run this program again from the user's shell: the script beside this Python, if any."""
+    script = Path(sys.executable).parent / "badgateway-exporter"
+    if not script.exists():
+        return f"{sys.executable} -m exporter"
+    if shutil.which("badgateway-exporter") == str(script):
+        return "badgateway-exporter"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
 
 
 def _remove_pointer(root: Path) -> None:

@@ -319,3 +319,34 @@ def test_a_broken_config_with_nginx_down_is_a_cause_now() -> None:
 def test_exit_codes() -> None:
     assert diagnose(healthy(), config()).exit_code == EXIT_HEALTHY
     assert diagnose(_php_fpm_stopped(healthy()), config()).exit_code == EXIT_CAUSE_NOW
+
+
+def test_a_ping_as_root_is_not_ok_when_nginx_user_is_locked_out() -> None:
+    diagnosis = diagnose(_socket_chowned(healthy()), config())
+    (fcgi,) = [f for f in diagnosis.findings if f.step.startswith("fastcgi:")]
+    assert fcgi.verdict is Verdict.FAIL and fcgi.cause is None  # the socket step names the cause
+    assert "not nginx's user www-data" in fcgi.title
+    assert not [f for f in diagnosis.findings if f.verdict is Verdict.OK and SOCKET in f.title]
+
+
+def test_ping_answered_only_when_a_ping_was_sent() -> None:
+    r = healthy()
+    connect_only = dataclasses.replace(r.fastcgi[0], probe="connect", pool_status=None)
+    diagnosis = diagnose(dataclasses.replace(r, fastcgi=(connect_only,)), config())
+    (fcgi,) = [f for f in diagnosis.findings if f.step.startswith("fastcgi:")]
+    assert "ping answered" not in " ".join(fcgi.evidence)
+    assert "nothing was asked" in fcgi.evidence[0]
+    (pinged,) = [f for f in diagnose(r, config()).findings if f.step.startswith("fastcgi:")]
+    assert pinged.evidence[0].startswith("ping answered pong in ")
+
+
+def test_evidence_says_what_was_found_in_words() -> None:
+    diagnosis = diagnose(_php_fpm_stopped(healthy()), config())
+    process = next(f for f in diagnosis.findings if f.step == "process:php_fpm")
+    assert process.title == "PHP-FPM is not running"
+    assert process.evidence == ("no php-fpm master process",)
+    sock = next(f for f in diagnosis.findings if f.step == f"socket:{SOCKET}")
+    assert sock.title == f"PHP-FPM socket {SOCKET} does not exist"
+    front = next(f for f in diagnosis.findings if f.step == "http:front")
+    assert front.title == "nginx answers http://127.0.0.1/ with HTTP 502"
+    assert not any("\\\\" in line for f in diagnosis.findings for line in (f.title, *f.evidence))

@@ -28,8 +28,17 @@ def nginx_test(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
     unit = ctx.units["nginx"]
     return [
         Finding(
-            "nginx_config", TITLE, Verdict.FAIL, (f"$ {command}", result.message or "test failed"),
+            "nginx_config", _failed_title(result.file, result.line), Verdict.FAIL,
+            (f"$ {command}", result.message or "test failed",
+             "the running nginx still serves its previous configuration: do not reload or restart it"
+             " before nginx -t passes"),
             Cause.NGINX_CONFIG_INVALID, nginx_config_invalid.fix_file(result.file, result.line, unit),
             Facts(unit=unit, file=result.file or "", line=result.line),
         )
     ]  # fmt: skip
+
+
+def _failed_title(file: str | None, line: int | None) -> str:
+    if not file:
+        return "nginx -t fails"
+    return f"nginx -t fails: {file}:{line}" if line else f"nginx -t fails: {file}"

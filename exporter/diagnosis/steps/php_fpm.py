@@ -62,7 +62,7 @@ def _socket_finding(ctx: StepContext, sock: SocketResult, listeners: list[str]) 
     ]
     if sock.connect_errno == errno.ECONNREFUSED:
         return Finding(
-            step, title, Verdict.FAIL,
+            step, f"PHP-FPM socket {sock.path} is stale: nothing listens on it", Verdict.FAIL,
             (*evidence, "connect() refused: a stale socket file, the PHP-FPM master that made it is gone"),
             Cause.PHP_FPM_DOWN, php_fpm_down.restart_stale(unit), Facts(unit=unit, socket=sock.path),
         )  # fmt: skip
@@ -93,11 +93,12 @@ def _denied_socket(ctx: StepContext, sock: SocketResult, evidence: list[str]) ->
         evidence.append(f"{sock.user} may not write to the socket")
         fix = socket_permission_denied.pool_owner(pool_file, ctx.config.nginx_user, unit)
         facts = Facts(unit=unit, socket=sock.path, file=pool_file)
+    title = f"nginx's user {sock.user} may not use PHP-FPM socket {sock.path}"
     return Finding(step, title, Verdict.FAIL, tuple(evidence), Cause.SOCKET_PERMISSION_DENIED, fix, facts)
 
 
 def _missing_socket(ctx: StepContext, sock: SocketResult, listeners: list[str]) -> Finding:
-    step, title = _socket_title(sock)
+    step, title = f"socket:{sock.path}", f"PHP-FPM socket {sock.path} does not exist"
     php_unit = ctx.units["php_fpm"]
     php_running = ctx.running["php_fpm"]
     evidence = [f"ls -la {sock.path}: {sock.connect_error or 'No such file or directory'}"]
@@ -160,7 +161,7 @@ def fastcgi(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
 def _fastcgi_finding(ctx: StepContext, probe: FastCGIResult) -> Finding:
     if probe.up:
         return _answered(ctx, probe)
-    step, title = f"fastcgi:{probe.socket}", f"PHP-FPM answers a FastCGI ping on {probe.socket}"
+    step, title = f"fastcgi:{probe.socket}", f"PHP-FPM does not answer on {probe.socket}"
     unit = ctx.units["php_fpm"]
     path = probe.socket.removeprefix("unix:")
     facts = Facts(unit=unit, socket=path)
@@ -178,23 +179,39 @@ def _fastcgi_finding(ctx: StepContext, probe: FastCGIResult) -> Finding:
                        Cause.SOCKET_PERMISSION_DENIED, socket_permission_denied.check_pool(), facts)  # fmt: skip
     if reason == FailureReason.TIMEOUT:
         return Finding(
-            step, title, Verdict.FAIL,
+            step, f"PHP-FPM takes connections on {probe.socket} but no worker answers", Verdict.FAIL,
             (*evidence, "PHP-FPM took the connection but no worker answered: every worker is busy or hung"),
             Cause.PHP_FPM_POOL_EXHAUSTED,
             php_fpm_pool_exhausted.free_workers(unit, pool_file_of(ctx, path, unit)), facts,
         )  # fmt: skip
     if reason in (FailureReason.NOT_FOUND, FailureReason.ACCESS_DENIED):
-        return Finding(step, title, Verdict.WARN, evidence,
+        return Finding(step, f"PHP-FPM on {probe.socket} does not serve the ping", Verdict.WARN, evidence,
                        fix=("enable it in the pool file: ping.path = /ping and pm.status_path = /status",
                             f"sudo systemctl reload {unit}"))  # fmt: skip
     return Finding(step, title, Verdict.FAIL, evidence, fix=(f"sudo journalctl -u {unit} -n 50 --no-pager",))
+
+
+_ANSWERED = {
+    "ping": "ping answered pong in {ms} ms",
+    "status": "the status page answered in {ms} ms (the pool sets no ping.path: no ping was sent)",
+    "connect": "connect() accepted in {ms} ms (the pool sets no ping.path or pm.status_path: nothing was asked)",
+}
 
 
 def _answered(ctx: StepContext, probe: FastCGIResult) -> Finding:
     step, title = f"fastcgi:{probe.socket}", f"PHP-FPM answers a FastCGI ping on {probe.socket}"
     unit = ctx.units["php_fpm"]
     path = probe.socket.removeprefix("unix:")
-    evidence = [f"ping answered in {probe.duration_seconds * 1000:.1f} ms"]
+    evidence = [_ANSWERED[probe.probe].format(ms=f"{probe.duration_seconds * 1000:.1f}")]
+    locked_out = next((s for s in ctx.results.sockets if s.path == path and s.accessible is False), None)
+    if locked_out is not None:
+        # The exporter (root) got an answer; nginx's workers would not: never an "ok" here.
+        return Finding(
+            step, f"PHP-FPM answers the exporter on {probe.socket}, but not nginx's user {locked_out.user}",
+            Verdict.FAIL,
+            (*evidence, f"the exporter may connect; {locked_out.user}, nginx's worker user, may not:"
+             " nginx gets (13: Permission denied) and answers 502 (see the socket step)"),
+        )  # fmt: skip
     status = probe.pool_status
     if status is not None:
         evidence.append(
@@ -204,7 +221,7 @@ def _answered(ctx: StepContext, probe: FastCGIResult) -> Finding:
         )
         if status.listen_queue > 0:
             return Finding(
-                step, title, Verdict.FAIL, (*evidence, f"{status.listen_queue} request(s) waiting for a free worker"),
+                step, f"Requests wait for a free PHP-FPM worker on {probe.socket}", Verdict.FAIL, (*evidence, f"{status.listen_queue} request(s) waiting for a free worker"),
                 Cause.PHP_FPM_POOL_EXHAUSTED, php_fpm_pool_exhausted.free_workers(unit, pool_file_of(ctx, path, unit)),
                 Facts(unit=unit, socket=path),
             )  # fmt: skip

@@ -41,12 +41,25 @@ def _titles(probe: HttpResult) -> tuple[str, str, tuple[str, ...]]:
     return step, title, (f"curl {probe.url}: {answer}",)
 
 
+def _found_title(probe: HttpResult) -> str:
+    """What the probe found, said as a person would (the step's title when it did not answer 2xx/3xx)."""
+    who = "The backend" if probe.role == "backend" else "nginx"
+    if probe.status_code is not None:
+        return f"{who} answers {probe.url} with HTTP {probe.status_code}"
+    if probe.error == "timeout":
+        return f"{who} does not answer {probe.url} in time"
+    if probe.error in _CONNECT_ERRORS:
+        return f"{who} does not accept connections at {probe.url}"
+    return f"{who} gives no valid HTTP answer at {probe.url}"
+
+
 def _backend(ctx: StepContext, probe: HttpResult) -> Finding:
     step, title, evidence = _titles(probe)
     if probe.up:
         return Finding(
             step, title, Verdict.OK, (f"HTTP {probe.status_code} in {probe.duration_seconds * 1000:.1f} ms",)
         )
+    title = _found_title(probe)
     unit = ctx.units["backend"]
     facts = Facts(unit=unit)
     if probe.error in _CONNECT_ERRORS:
@@ -67,6 +80,7 @@ def _front(ctx: StepContext, probe: HttpResult, pool_exhausted: bool) -> Finding
         return Finding(
             step, title, Verdict.OK, (f"HTTP {probe.status_code} in {probe.duration_seconds * 1000:.1f} ms",)
         )
+    title = _found_title(probe)
     unit = ctx.units["nginx"]
     timed_out = probe.status_code == 504 or probe.error == "timeout"
     if probe.error in _CONNECT_ERRORS and ctx.running["nginx"] is not True:

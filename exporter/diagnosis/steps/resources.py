@@ -42,7 +42,8 @@ def memory_finding(res: ResourcesResult, recent_oom_kills: int | None, threshold
             f"the kernel's OOM killer killed {recent_oom_kills} process(es) in the last {minutes:g} min"
         )
     if low or recent_oom_kills:
-        return Finding("memory", "Enough free memory", Verdict.FAIL, tuple(evidence), Cause.MEMORY_EXHAUSTED,
+        title = "The server is out of memory" if low else "The kernel's OOM killer killed a process recently"
+        return Finding("memory", title, Verdict.FAIL, tuple(evidence), Cause.MEMORY_EXHAUSTED,
                        memory_exhausted.FIX)  # fmt: skip
     return Finding("memory", "Enough free memory", Verdict.OK, tuple(evidence))
 
@@ -66,6 +67,6 @@ def filesystem_finding(fs: FilesystemUsage, thresholds: Thresholds) -> Finding:
         f"holds: {', '.join(fs.paths)}",
     )
     if filesystem_full(fs, thresholds):
-        return Finding(step, title, Verdict.FAIL, evidence, Cause.DISK_FULL, disk_full.free_space(fs.mountpoint),
-                       Facts(file=fs.mountpoint))  # fmt: skip
+        return Finding(step, f"{fs.mountpoint} is full", Verdict.FAIL, evidence, Cause.DISK_FULL,
+                       disk_full.free_space(fs.mountpoint), Facts(file=fs.mountpoint))  # fmt: skip
     return Finding(step, title, Verdict.OK, evidence)

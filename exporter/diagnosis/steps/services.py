@@ -42,21 +42,33 @@ def _process_finding(ctx: StepContext, service: str, found: ServiceProcesses | N
         if found.users:
             evidence.append(f"running as: {', '.join(found.users)}")
         return Finding(step, title, Verdict.OK, tuple(evidence))
+    missing = missing_process(pattern)
     if ctx.answering[service]:
         return Finding(
-            step, title, Verdict.WARN,
-            (f"no process matches {pattern!r}, yet the service answers its probe:"
-             f" set processes.{service} in the configuration",),
+            step, f"{role.label} answers, but no process of it is seen", Verdict.WARN,
+            (f"{missing}, yet the service answers its probe: set processes.{service} in the configuration",),
         )  # fmt: skip
     return Finding(
         step,
-        title,
+        f"{role.label} is not running",
         Verdict.FAIL,
-        (f"no process matches {pattern!r}",),
+        (missing,),
         role.cause,
         role.fix(unit),
         Facts(unit=unit),
     )
+
+
+_KNOWN_PATTERNS = {
+    r"^nginx: master process": "no nginx master process",
+    r"^php-fpm: master process": "no php-fpm master process",
+    r"\b(uvicorn|gunicorn|hypercorn)\b": "no uvicorn, gunicorn or hypercorn process",
+}
+
+
+def missing_process(pattern: str) -> str:
+    """What ``ps`` showed, as a person says it (the default patterns by name, others as written)."""
+    return _KNOWN_PATTERNS.get(pattern, f"no process whose command line matches {pattern}")
 
 
 UNITS_TITLE = "systemctl status of nginx, PHP-FPM and the backend"
@@ -106,12 +118,14 @@ def _unit_finding(ctx: StepContext, service: str, name: str, unit: UnitStatus) -
             return Finding(
                 step, title, Verdict.WARN, (state, "yet it answers its probe: started outside systemd?")
             )
-        return Finding(step, title, Verdict.FAIL, (status,), role.cause, role.fix(short), Facts(unit=short))
+        return Finding(step, f"{role.label} unit {name} is {unit.active_state}", Verdict.FAIL, (status,),
+                       role.cause, role.fix(short), Facts(unit=short))  # fmt: skip
     if unit.active_state != "active":
         return Finding(step, title, Verdict.WARN, (status,))
     if unit.unit_file_state not in ENABLED_FILE_STATES:
         return Finding(
-            step, title, Verdict.WARN, (status, "running now, but it will not start after a reboot"),
+            step, f"{role.label} unit {name} runs but is not enabled at boot", Verdict.WARN,
+            (status, "running now, but it will not start after a reboot"),
             fix=(f"sudo systemctl enable {short}",), latent=True,
         )  # fmt: skip
     return Finding(step, title, Verdict.OK, (status,))
