@@ -35,13 +35,29 @@ class PhpFpmPool:
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """An HTTP endpoint to probe; ``role`` says what a failure means."""
+    """An HTTP endpoint to probe; ``role`` says what a failure means.
+
+    ``host``: the ``Host`` header to send (and, over https, the TLS server name), so that nginx routes
+    the probe to that ``server_name`` whatever address the URL names.
+    """
 
     name: str
     url: str
     role: Literal["backend", "front"] = "backend"
     timeout_seconds: float = 5.0
     verify_tls: bool = True
+    host: str | None = None
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*$"
+)
+"""A DNS name as a ``server_name``: labels of letters, digits, ``-`` and ``_``; no port, no wildcard."""
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` is a valid ``http[].host``."""
+    return _HOST_NAME.match(text) is not None
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,11 @@ def _check_values(config: Config, source: str) -> None:
     for index, target in enumerate(config.http):
         if not target.url.startswith(("http://", "https://")):
             raise ConfigError(f"{source}: http[{index}].url: must start with http:// or https://")
+        if target.host is not None and not is_host_name(target.host):
+            raise ConfigError(
+                f"{source}: http[{index}].host: expected a host name such as shop.example.org"
+                f" (no scheme, port, path or wildcard), got {target.host!r}"
+            )
 
 
 def _describe(tp: Any) -> str:

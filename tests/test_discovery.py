@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from test_discovery_tree import Tree
 from exporter.config import ConfigError
 from exporter.discovery.cli import main as discover_main
 from exporter.discovery.merge import load_config
-from exporter.discovery.model import listen_address
+from exporter.discovery.model import Origin, listen_address
 from exporter.discovery.nginx import discover_nginx, parse_time
 from exporter.discovery.phpfpm import discover_php_fpm
 
@@ -155,10 +156,12 @@ def test_merge_explicit_wins(tree: Tree) -> None:
     assert discovered.nginx.binary == tree.nginx_binary
     assert discovered.units.php_fpm == "php8.3-fpm.service"
     assert {t.name for t in discovered.http} == {
-        "front",
+        "front:app.test",  # the site's server_name, sent as its Host
         "backend:127.0.0.1:18001",
         "backend:127.0.0.1:18002",
     }
+    front = next(t for t in discovered.http if t.role == "front")
+    assert (front.url, front.host) == (f"http://127.0.0.1:{tree.port}/", "app.test")
 
     settings["php_fpm"] = [{"socket": "/elsewhere.sock"}]
     settings["nginx_user"] = "nobody"
@@ -221,3 +224,89 @@ def test_discover_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     path.write_text("nope: 1\n")
     assert discover_main(["--config", str(path)]) == 2
     assert "nope: unknown key" in capsys.readouterr().err
+
+
+def _php_site(tree: Tree, fastcgi_line: str, after: str = "") -> str:
+    """The tree's site with a PHP location whose ``fastcgi_pass`` line is ``fastcgi_line``."""
+    text = (
+        f"server {{\n    listen 127.0.0.1:{tree.port};\n    server_name shop.test;\n"
+        f"    location ~ \\.php$ {{\n        include snippets/fastcgi-php.conf;\n        {fastcgi_line}\n    }}\n"
+        f"    location /api/ {{ proxy_pass http://127.0.0.1:18001; }}\n}}\n{after}"
+    )
+    tree.site.write_text(text)
+    return text
+
+
+def test_nginx_error_is_named_for_its_own_file(tree: Tree) -> None:
+    """crossplane's message names the included snippet: the problem is the site's, its line the site's."""
+    _php_site(tree, f"fastcgi_pass unix:{tree.socket}")  # no ";" after the include
+    facts = discover_nginx(str(tree.nginx_conf))
+    assert facts.syntax_error is not None
+    assert (facts.syntax_error.file, facts.syntax_error.line) == (str(tree.site), 6)
+    assert "snippets" not in facts.syntax_error.message
+    assert [p.file for p in facts.problems] == [str(tree.site)]
+    # The rest of the tree and of the site still counts: the snippet, the server block, its proxy_pass.
+    assert str(tree.etc_nginx / "snippets" / "fastcgi-php.conf") in facts.files
+    (site,) = [s for s in facts.servers if s.passes]
+    assert site.server_names == ("shop.test",)
+    assert [p.directive for p in site.passes] == ["proxy_pass"]
+
+
+@pytest.mark.parametrize(
+    ("fastcgi_line", "after", "line"),
+    [
+        ("fastcgi_pass unix:/x.sock;", "}\n", 10),  # a stray } after the server block
+        # One } too many inside it: the server closes early, its /api/ location lands in http (line 8).
+        ("fastcgi_pass unix:/x.sock; }", "", 8),
+    ],
+)
+def test_nginx_stray_brace_keeps_what_parses(tree: Tree, fastcgi_line: str, after: str, line: int) -> None:
+    _php_site(tree, fastcgi_line, after)
+    facts = discover_nginx(str(tree.nginx_conf))
+    assert facts.syntax_error is not None
+    assert (facts.syntax_error.file, facts.syntax_error.line) == (str(tree.site), line)
+    (site,) = [s for s in facts.servers if s.passes]
+    assert site.server_names == ("shop.test",) and [(x.host, x.port) for x in site.listens] == [
+        ("127.0.0.1", tree.port)
+    ]
+    assert "fastcgi_pass" in {p.directive for p in site.passes}
+    assert [item.origin.line for item in site.passes if item.directive == "fastcgi_pass"] == [6]
+    assert facts.user == "www-data"  # nginx.conf itself is untouched
+
+
+def test_nginx_test_names_the_line_nginx_reports(tree: Tree) -> None:
+    """With the binary, the syntax error is nginx's own (the file behind sites-enabled, nginx's line)."""
+    _php_site(tree, f"fastcgi_pass unix:{tree.socket}")
+    facts = discover_nginx(
+        str(tree.nginx_conf), f"{tree.root}/", binary=tree.nginx_binary, error_log=str(tree.nginx_error_log)
+    )
+    assert facts.syntax_error is not None
+    if facts.syntax_error.message.startswith("nginx -t: "):  # nginx -t ran with a verdict (as root)
+        assert (facts.syntax_error.file, facts.syntax_error.line) == (str(tree.site), 7)  # its "}" line
+        assert facts.syntax_error.message == 'nginx -t: unexpected "}"'
+        assert facts.problems == (facts.syntax_error,)
+    else:
+        assert (facts.syntax_error.file, facts.syntax_error.line) == (str(tree.site), 6)
+    # A directive crossplane does not know, which nginx refuses.
+    _php_site(tree, f"fastcgi_pass unix:{tree.socket}; shop_cache_zone on;")
+    facts = discover_nginx(
+        str(tree.nginx_conf), f"{tree.root}/", binary=tree.nginx_binary, error_log=str(tree.nginx_error_log)
+    )
+    if os.geteuid() == 0:
+        assert facts.syntax_error is not None
+        assert (facts.syntax_error.file, facts.syntax_error.line) == (str(tree.site), 6)
+        assert facts.syntax_error.message == 'nginx -t: unknown directive "shop_cache_zone"'
+    assert [s.server_names for s in facts.servers if s.passes] == [("shop.test",)]
+    # No binary: the parser's verdict alone.
+    missing = discover_nginx(str(tree.nginx_conf), binary=str(tree.root / "no-such-nginx"))
+    assert missing.syntax_error is None
+
+
+def test_nginx_servers(tree: Tree) -> None:
+    facts = discover_nginx(str(tree.nginx_conf), f"{tree.root}/")
+    (site,) = facts.servers
+    assert site.origin == Origin("nginx", str(tree.site), 1)
+    assert site.server_names == ("app.test",)
+    assert site.names_origin == Origin("nginx", str(tree.site), tree.line_of(tree.site, "server_name"))
+    assert [(x.host, x.port, x.default_server) for x in site.listens] == [("127.0.0.1", tree.port, True)]
+    assert {p.directive for p in site.passes} == {"fastcgi_pass", "proxy_pass"}

@@ -50,7 +50,11 @@ def _refused(exc: BaseException) -> bool:
 
 
 class HttpCheck:
-    """One GET without redirects or keep-alive, like ``curl -I``: up means a 2xx or 3xx answer."""
+    """One GET without redirects or keep-alive, like ``curl -I``: up means a 2xx or 3xx answer.
+
+    With ``host`` set it is ``curl --resolve HOST:PORT:ADDRESS https://HOST/``: that ``Host`` header
+    and TLS server name, sent to the URL's address.
+    """
 
     collector = "http"
 
@@ -66,6 +70,10 @@ class HttpCheck:
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": "badgateway-exporter"},
         )
+        # ``host``: nginx picks the server block by the Host header (and, over TLS, by the SNI name),
+        # not by the address the probe connects to.
+        self._headers = {"Host": target.host} if target.host else {}
+        self._extensions = {"sni_hostname": target.host} if target.host and https else {}
 
     def close(self) -> None:
         self._client.close()
@@ -78,7 +86,9 @@ class HttpCheck:
         error: str | None = None
         detail: str | None = None
         try:
-            with self._client.stream("GET", self.target.url, timeout=budget) as response:
+            with self._client.stream(
+                "GET", self.target.url, timeout=budget, headers=self._headers, extensions=self._extensions
+            ) as response:
                 status = response.status_code
                 # Only the first chunk: enough to see the page is served, bounded for huge pages.
                 for _ in response.iter_raw(chunk_size=4096):

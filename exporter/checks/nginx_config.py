@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 import time
@@ -14,9 +13,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.config import NginxSettings
 from exporter.deadline import Deadline
+from exporter.discovery.nginx import TEST_WHERE as _WHERE
+from exporter.discovery.nginx import parse_test_output
+
+# parse_test_output lives with discovery (which runs nginx -t too) and is exported from here as well.
+__all__ = ["TEST_ERRORS", "NginxConfigCheck", "NginxConfigResult", "metric_families", "parse_test_output"]
 
 TEST_ERRORS = ("binary_missing", "permission_denied", "timeout", "failed_to_run")
-_WHERE = re.compile(r" in (?P<file>\S+?):(?P<line>\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -31,29 +34,6 @@ class NginxConfigResult:
     line: int | None
     checked_at_seconds: float
     duration_seconds: float
-
-
-def parse_test_output(
-    output: str, exit_code: int, is_root: bool
-) -> tuple[bool | None, str | None, str | None]:
-    """Turn ``nginx -t`` output into (valid, test_error, message)."""
-    problem = next(
-        (line for line in output.splitlines() if "[emerg]" in line or "[crit]" in line or "[alert]" in line),
-        None,
-    )
-    if exit_code == 0:
-        return True, None, None
-    if problem and "(13: Permission denied)" in problem and not is_root:
-        return (
-            None,
-            "permission_denied",
-            f"nginx -t needs root to open its log and pid files: {problem.strip()}",
-        )
-    return (
-        False,
-        None,
-        (problem or output.strip().splitlines()[-1] if output.strip() else f"exit code {exit_code}"),
-    )
 
 
 class NginxConfigCheck:

@@ -80,6 +80,12 @@ def to_json(config: Config) -> dict[str, object]:
                 {"host": entry.host, "port": entry.port, "unix": entry.unix, "ssl": entry.ssl, "at": str(entry.origin)}
                 for entry in nginx.listens
             ],
+            "servers": [
+                {"at": str(server.origin), "server_names": list(server.server_names),
+                 "listens": [str(entry.origin) for entry in server.listens],
+                 "passes": [str(item.origin) for item in server.passes]}
+                for server in nginx.servers
+            ],
         }  # fmt: skip
     if discovered.php_fpm is not None:
         found["php_fpm"] = {

@@ -11,8 +11,16 @@ import logging
 import os
 from typing import Any
 
-from exporter.config import Config, ConfigError, config_from_dict, read_yaml
-from exporter.discovery.model import ConfigProblem, Discovered, NginxFacts, Origin, PhpFpmFacts
+from exporter.config import Config, ConfigError, config_from_dict, is_host_name, read_yaml
+from exporter.discovery.model import (
+    ConfigProblem,
+    Discovered,
+    Listen,
+    NginxFacts,
+    Origin,
+    PhpFpmFacts,
+    Server,
+)
 from exporter.discovery.nginx import discover_nginx
 from exporter.discovery.phpfpm import discover_php_fpm
 from exporter.discovery.units import backend_unit, default_php_fpm_unit
@@ -59,7 +67,11 @@ def discover_and_merge(
     settings = explicit.discovery
     if settings.enabled:
         nginx_file = settings.nginx_config or explicit.nginx.config or DEFAULT_NGINX_CONFIG
-        nginx_facts = discover_nginx(nginx_file, explicit.nginx.prefix)
+        nginx = explicit.nginx
+        nginx_facts = discover_nginx(
+            nginx_file, nginx.prefix, binary=nginx.binary if nginx.test else None,
+            error_log=nginx.error_log, timeout_seconds=nginx.test_timeout_seconds,
+        )  # fmt: skip
         php_facts = discover_php_fpm(settings.php_fpm_configs)
         derived, derived_origins = derive(nginx_facts, php_facts, settings.backend_health_path)
     problems = tuple(
@@ -81,6 +93,44 @@ def discover_and_merge(
     origins = _origins(config, data, source, lines, flags, derived, derived_origins)
     discovered = Discovered(nginx=nginx_facts, php_fpm=php_facts, origins=origins, problems=problems)
     return dataclasses.replace(config, discovered=discovered)
+
+
+KEPT_ON_SYNTAX_ERROR = ("http", "php_fpm", "nginx_user")
+"""What a discovery of files that do not parse does not replace: the running nginx still uses them."""
+
+
+def keep_previous_targets(fresh: Config, previous: Config) -> Config:
+    """``fresh`` (discovered again because files changed) with ``previous``'s discovered probes and
+    nginx facts when nginx's files no longer parse: nginx refuses to load them, so it still serves
+    the previous configuration. Explicit values of ``fresh`` still win; its problems stay (the
+    finding, ``badgateway_discovery_config_errors``) and its file list (watched for the fix)."""
+    found, before = fresh.discovered, previous.discovered
+    if found is None or found.nginx is None or found.nginx.syntax_error is None or before is None:
+        return fresh
+    origins = dict(found.origins)
+    kept: dict[str, Any] = {}
+    for key in KEPT_ON_SYNTAX_ERROR:
+        if any(_under(path, key) and origin.kind in ("config", "flag") for path, origin in origins.items()):
+            continue  # set in the exporter's file or by a flag: not discovery's
+        kept[key] = getattr(previous, key)
+        origins = {path: origin for path, origin in origins.items() if not _under(path, key)}
+        origins.update({path: _kept(origin) for path, origin in before.origins.items() if _under(path, key)})
+    nginx = found.nginx
+    if before.nginx is not None and before.nginx.files:
+        nginx = dataclasses.replace(
+            before.nginx, files=nginx.files, problems=nginx.problems, syntax_error=nginx.syntax_error
+        )
+    discovered = dataclasses.replace(found, nginx=nginx, origins=origins)
+    return dataclasses.replace(fresh, **kept, discovered=discovered)
+
+
+def _under(path: str, key: str) -> bool:
+    return path == key or path.startswith((f"{key}[", f"{key}."))
+
+
+def _kept(origin: Origin) -> Origin:
+    note = "kept from the previous discovery: nginx's files do not parse now"
+    return dataclasses.replace(origin, note=f"{origin.note}; {note}" if origin.note else note)
 
 
 def _with_host_units(config: Config) -> Config:
@@ -134,11 +184,15 @@ def derive(
             origins["php_fpm"] = Origin("derived", note="no PHP-FPM pool and no fastcgi_pass found")
     if php is not None:
         _derive_php_fpm(php, values, origins)
-    if nginx_parsed is not None:
-        targets, target_origins = _http_targets(nginx_parsed, health_path)
-        if targets:
+    if nginx_read is not None:
+        # What nginx's server blocks say, even when a file does not parse (what parsed of it and the
+        # others): never the built-in guesses, whose front would be the default site's welcome page.
+        targets, target_origins = _http_targets(nginx_read, health_path)
+        if targets or nginx_read.servers:
             values["http"] = targets
             origins.update(target_origins)
+        if not targets and nginx_read.servers:
+            origins["http"] = Origin("derived", note="no server block passes requests to an upstream")
     return values, origins
 
 
@@ -241,10 +295,9 @@ def _pools(
 def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, Any]], dict[str, Origin]]:
     targets: list[dict[str, Any]] = []
     origins: dict[str, Origin] = {}
-    front = _front_target(nginx)
-    if front is not None:
-        targets.append(front[0])
-        origins["http[0].url"] = front[1]
+    for target, target_origins in front_targets(nginx):
+        origins.update({f"http[{len(targets)}].{key}": origin for key, origin in target_origins.items()})
+        targets.append(target)
     backends = _http_backends(nginx)
     for scheme, address, origin in backends:
         name = "backend" if len(backends) == 1 else f"backend:{address}"
@@ -271,30 +324,87 @@ def _http_backends(nginx: NginxFacts) -> list[tuple[str, str, Origin]]:
     return backends
 
 
-def _front_target(nginx: NginxFacts) -> tuple[dict[str, Any], Origin] | None:
-    """The ``front`` target and its origin: the plain-HTTP listen of a proxying server first."""
-    listens = [entry for entry in nginx.listens if entry.port is not None]
-    users = {name for p in nginx.passes for name in p.server_names}
-    preferred = sorted(
-        listens,
-        key=lambda entry: (entry.ssl, not (set(entry.server_names) & users), not entry.default_server),
-    )
-    if not preferred:
-        return None
-    front = preferred[0]
-    host = front.host or "127.0.0.1"
-    if host == "[::]":
-        host = "[::1]"
-    scheme = "https" if front.ssl else "http"
-    default_port = 443 if front.ssl else 80
-    port = "" if front.port == default_port else f":{front.port}"
-    target = {
-        "name": "front",
-        "url": f"{scheme}://{host}{port}/",
+MAX_FRONT_TARGETS = 10
+"""At most this many front probes are discovered (each costs nginx and its upstream one request a round)."""
+
+_LOOPBACK = ("127.0.0.1", "[::1]", "localhost")
+
+
+def front_targets(nginx: NginxFacts) -> list[tuple[dict[str, Any], dict[str, Origin]]]:
+    """One front probe (YAML-shaped, with the origin of its values) per ``server`` block that passes
+    requests to an upstream, addressed the way nginx routes it: the block's ``listen`` (an https one
+    first; a wildcard address as loopback) and its first usable ``server_name`` as ``Host`` and TLS
+    server name. A block that passes nothing (Debian's ``default`` site) is never a front."""
+    out: list[tuple[dict[str, Any], dict[str, Origin]]] = []
+    taken: set[str] = set()
+    for server in nginx.servers:
+        listen = _probe_listen(server) if server.passes else None
+        if listen is None or len(out) == MAX_FRONT_TARGETS:
+            continue
+        front = _front(server, listen)
+        route = f"{front[0]['url']} {front[0]['host']}"
+        if route in taken:
+            continue  # nginx ignores a second block with the same name and listen ("conflicting server name")
+        name = str(front[0]["name"])
+        if name in taken:
+            name = f"{name}@{_address(listen)}"  # the same name on another listen
+        taken.update((route, name))
+        front[0]["name"] = name
+        out.append(front)
+    return out
+
+
+def _probe_listen(server: Server) -> Listen | None:
+    """The listen to probe: TCP, https before plain http (a block that redirects http to https still
+    serves its pages over https), IPv4 before IPv6, else in the order written."""
+    tcp = [entry for entry in server.listens if entry.port is not None]
+    ordered = sorted(tcp, key=lambda entry: (not entry.ssl, (entry.host or "").startswith("[")))
+    return ordered[0] if ordered else None
+
+
+def _address(listen: Listen) -> str:
+    host = listen.host or "127.0.0.1"
+    return f"{'[::1]' if host == '[::]' else host}:{listen.port}"
+
+
+def server_host(names: tuple[str, ...]) -> str | None:
+    """The first ``server_name`` a probe can send as its ``Host``: not ``_`` or empty, not a regular
+    expression, a wildcard or a variable (``.example.org`` is ``example.org``)."""
+    for name in names:
+        host = name.removeprefix(".").removesuffix(".")
+        if host != "_" and not name.startswith("~") and is_host_name(host):
+            return host
+    return None
+
+
+def _front(server: Server, listen: Listen) -> tuple[dict[str, Any], dict[str, Origin]]:
+    address = _address(listen)
+    host_name, port = address.rsplit(":", 1)
+    scheme = "https" if listen.ssl else "http"
+    default_port = "443" if listen.ssl else "80"
+    url = f"{scheme}://{host_name}{'' if port == default_port else ':' + port}/"
+    host = server_host(server.server_names)
+    loopback = host_name in _LOOPBACK or host_name.startswith("127.")
+    verify = not listen.ssl or (host is not None and not loopback)
+    target: dict[str, Any] = {
+        "name": f"front:{host or address}",
+        "url": url,
         "role": "front",
-        "verify_tls": not front.ssl,
+        "verify_tls": verify,
+        "host": host,
     }
-    return target, front.origin
+    where = f"server block at {server.origin}"
+    origins = {
+        "name": Origin("derived", server.origin.file, server.origin.line, "a server block that passes to an upstream"),
+        "url": Origin(listen.origin.kind, listen.origin.file, listen.origin.line,
+                      f"listen of the {where}" if listen.origin.kind != "default" else f"{listen.origin.note}, {where}"),
+        "host": Origin("nginx", server.names_origin.file, server.names_origin.line, "first usable server_name")
+        if host is not None and server.names_origin is not None
+        else Origin("derived", note=f"no usable server_name in the {where}: nginx's default server for the listen answers"),
+        "verify_tls": Origin("derived", note="plain http" if not listen.ssl else
+                             "loopback probe: certificate not checked" if not verify else "certificate checked for host"),
+    }  # fmt: skip
+    return target, origins
 
 
 def _leaves(value: object, path: str = "") -> list[tuple[str, object]]:

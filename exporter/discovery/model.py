@@ -94,6 +94,17 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class Server:
+    """A ``server`` block of the ``http`` context: how nginx routes requests to it, what it passes on."""
+
+    origin: Origin  # the ``server {`` line
+    server_names: tuple[str, ...]
+    listens: tuple[Listen, ...]  # nginx's ``*:80`` when the block has no ``listen``
+    passes: tuple[Pass, ...] = ()  # every ``*_pass`` of its locations
+    names_origin: Origin | None = None  # the ``server_name`` line
+
+
+@dataclass(frozen=True)
 class NginxFacts:
     """What nginx's configuration says."""
 
@@ -106,6 +117,7 @@ class NginxFacts:
     error_logs: tuple[tuple[str, Origin], ...] = ()
     passes: tuple[Pass, ...] = ()
     listens: tuple[Listen, ...] = ()
+    servers: tuple[Server, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,22 @@
-"""nginx's configuration through crossplane: upstream targets, logs, the worker user, timeouts."""
+"""nginx's configuration through crossplane: upstream targets, server blocks, logs, the worker user,
+timeouts; and ``nginx -t``'s verdict on it, which names the broken file and line when one does not load.
+
+Each file is parsed on its own (``single=True``) and the ``include`` directives are followed here, so
+an error is always reported for the file it is in, and a file that does not parse takes nothing else
+down: the other files are still read, and what of the broken file still parses is kept.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import crossplane
@@ -15,6 +27,7 @@ from exporter.discovery.model import (
     NginxFacts,
     Origin,
     Pass,
+    Server,
     Timeout,
     UpstreamTarget,
     listen_address,
@@ -73,14 +86,14 @@ class _Scope:
 
 @dataclass
 class _Walk:
-    files: list[str]
-    config: list[dict[str, Any]]
+    parsed: dict[str, list[Stmt]]  # each file read (as included, not resolved) and its statements
     prefix: str
     upstreams: dict[str, list[UpstreamTarget]] = field(default_factory=dict)
     user: tuple[str, Origin] | None = None
     error_logs: list[tuple[str, Origin]] = field(default_factory=list)
     passes: list[Pass] = field(default_factory=list)
     listens: list[Listen] = field(default_factory=list)
+    servers: list[Server] = field(default_factory=list)
 
 
 def _real(path: str) -> str:
@@ -90,39 +103,38 @@ def _real(path: str) -> str:
         return path
 
 
-def discover_nginx(main_file: str, prefix: str | None = None) -> NginxFacts:
-    """Parse ``main_file`` and every file it includes; never raises for a bad or missing file."""
+def discover_nginx(
+    main_file: str,
+    prefix: str | None = None,
+    *,
+    binary: str | None = None,
+    error_log: str | None = None,
+    timeout_seconds: float = 5.0,
+) -> NginxFacts:
+    """Parse ``main_file`` and every file it includes; never raises for a bad or missing file.
+
+    ``binary``: also run ``BINARY -t -c MAIN_FILE [-p PREFIX] [-e ERROR_LOG]`` (within
+    ``timeout_seconds``) when it is installed: when nginx refuses the configuration, its own
+    ``in FILE:LINE`` names the syntax error; when it accepts it, the parser's complaints are not one.
+    """
     main_file = os.path.abspath(main_file)
     nginx_prefix = prefix or "/usr/share/nginx/"
     if not os.path.exists(main_file):
         problem = ConfigProblem("nginx", main_file, None, "no such file")
         return NginxFacts(main_file=main_file, problems=(problem,))
     try:
-        payload = crossplane.parse(
-            main_file, catch_errors=True, check_ctx=True, check_args=True, comments=False
-        )
+        parsed, found = _parse_tree(main_file)
     except Exception as exc:  # crossplane bugs must not take the exporter down
         problem = ConfigProblem("nginx", main_file, None, f"cannot parse: {exc}")
         return NginxFacts(main_file=main_file, problems=(problem,))
-    config: list[dict[str, Any]] = payload.get("config", [])
-    problems: list[ConfigProblem] = []
-    syntax_error: ConfigProblem | None = None
-    for error in payload.get("errors", []):
-        message = str(error.get("error", "error"))
-        problem = ConfigProblem("nginx", _real(str(error.get("file"))), error.get("line"), message)
-        problems.append(problem)
-        unreadable = "[Errno 13]" in message or "Permission denied" in message
-        if syntax_error is None and not unreadable:
-            syntax_error = problem
-    walk = _Walk(files=[_real(str(c.get("file"))) for c in config], config=config, prefix=nginx_prefix)
-    if config:
-        root_file = str(config[0].get("file"))
-        main_block = _flatten(walk, config[0].get("parsed", []), root_file)
-        _walk_main(walk, main_block)
+    verdict = nginx_test(binary, main_file, prefix, error_log, timeout_seconds) if binary else None
+    problems, syntax_error = _problems(found, verdict)
+    walk = _Walk(parsed=parsed, prefix=nginx_prefix)
+    _walk_main(walk, _flatten(walk, parsed.get(main_file, []), main_file))
     user, user_origin = walk.user if walk.user else (None, None)
     return NginxFacts(
         main_file=main_file,
-        files=tuple(walk.files),
+        files=tuple(_real(path) for path in parsed),
         problems=tuple(problems),
         syntax_error=syntax_error,
         user=user,
@@ -130,7 +142,174 @@ def discover_nginx(main_file: str, prefix: str | None = None) -> NginxFacts:
         error_logs=tuple(walk.error_logs),
         passes=tuple(walk.passes),
         listens=tuple(walk.listens),
+        servers=tuple(walk.servers),
     )
+
+
+# -- nginx -t ------------------------------------------------------------------------------------
+
+TEST_WHERE = re.compile(r" in (?P<file>\S+?):(?P<line>\d+)\s*$")
+"""Where ``nginx -t`` says its problem is: `` in FILE:LINE`` at the end of the line."""
+
+_TEST_LEVEL = re.compile(r"^.*?\[(?:emerg|crit|alert)\]\s*(?:\d+#\d+:\s*)?")
+
+
+def parse_test_output(
+    output: str, exit_code: int, is_root: bool
+) -> tuple[bool | None, str | None, str | None]:
+    """Turn ``nginx -t`` output into (valid, test_error, message)."""
+    problem = next(
+        (line for line in output.splitlines() if "[emerg]" in line or "[crit]" in line or "[alert]" in line),
+        None,
+    )
+    if exit_code == 0:
+        return True, None, None
+    if problem and "(13: Permission denied)" in problem and not is_root:
+        return (
+            None,
+            "permission_denied",
+            f"nginx -t needs root to open its log and pid files: {problem.strip()}",
+        )
+    return (
+        False,
+        None,
+        (problem or output.strip().splitlines()[-1] if output.strip() else f"exit code {exit_code}"),
+    )
+
+
+def nginx_test(
+    binary: str, main_file: str, prefix: str | None, error_log: str | None, timeout_seconds: float
+) -> ConfigProblem | bool | None:
+    """``nginx -t`` on ``main_file``: True when it loads, the file and line nginx names when it does not,
+    None when there is no verdict with a place (no binary, not root, a deadline, a failure elsewhere)."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+    path = shutil.which(binary, path=search)
+    if path is None:
+        return None
+    command = [path, "-t", "-c", main_file]
+    command += ["-p", prefix] if prefix else []
+    command += ["-e", error_log] if error_log else []
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=timeout_seconds,
+            check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    is_root = os.geteuid() == 0
+    valid, _, message = parse_test_output(done.stderr + done.stdout, done.returncode, is_root)
+    if valid is None or valid:
+        return valid
+    where = TEST_WHERE.search(message or "")
+    if message is None or where is None or (not is_root and "Permission denied" in message):
+        return None  # not a place in the files, or one a non-root user merely may not read
+    text = _TEST_LEVEL.sub("", message[: where.start()]).strip()
+    return ConfigProblem("nginx", _real(where.group("file")), int(where.group("line")), f"nginx -t: {text}")
+
+
+def _problems(
+    found: list[tuple[ConfigProblem, bool]], verdict: ConfigProblem | bool | None
+) -> tuple[list[ConfigProblem], ConfigProblem | None]:
+    """Every problem, and the syntax error: nginx's own when it ran, else the parser's first."""
+    unreadable = [problem for problem, syntax in found if not syntax]
+    parser_errors = [problem for problem, syntax in found if syntax]
+    if verdict is True:
+        return unreadable, None
+    if isinstance(verdict, ConfigProblem):
+        others = [p for p in parser_errors if p.file != verdict.file]
+        return [verdict, *others, *unreadable], verdict
+    problems = [problem for problem, _ in found]
+    return problems, parser_errors[0] if parser_errors else None
+
+
+# -- parsing, errors named for the file they are in ---------------------------------------------------
+
+_UNREADABLE = ("PermissionError", "IsADirectoryError", "FileNotFoundError", "OSError")
+_CROSSPLANE_WHERE = re.compile(r" in \S+:\d+\s*$")
+
+
+def _parse_tree(main_file: str) -> tuple[dict[str, list[Stmt]], list[tuple[ConfigProblem, bool]]]:
+    """Every file from ``main_file`` on, in nginx's order; each problem with whether it is a syntax error.
+
+    Each ``include`` statement gets ``includes``: the names of the files it brings in. A file whose
+    braces do not balance (crossplane then keeps nothing of it) is read again on its own
+    (:func:`_salvage`): the other files never depend on it.
+    """
+    payload = crossplane.parse(
+        main_file, catch_errors=True, check_ctx=True, check_args=True, comments=False,
+        onerror=lambda exc: type(exc).__name__,
+    )  # fmt: skip
+    config: list[dict[str, Any]] = payload.get("config", [])
+    names = [str(entry.get("file")) for entry in config]
+    parsed = {name: list(entry.get("parsed", [])) for name, entry in zip(names, config, strict=True)}
+    found: list[tuple[ConfigProblem, bool]] = []
+    for error in payload.get("errors", []):
+        kind = str(error.get("callback", ""))
+        # crossplane's message may name the last file included before the error: the file is error["file"].
+        message = _CROSSPLANE_WHERE.sub("", str(error.get("error", "error")))
+        syntax = (
+            kind not in _UNREADABLE and "[Errno 13]" not in message and "Permission denied" not in message
+        )
+        found.append(
+            (ConfigProblem("nginx", _real(str(error.get("file"))), error.get("line"), message), syntax)
+        )
+        file = str(error.get("file"))
+        if kind == "NgxParserSyntaxError" and not parsed.get(file):
+            parsed[file] = _salvage(file, error.get("line"), message)
+            _resolve_includes(parsed[file], os.path.dirname(main_file), parsed)
+    for block in parsed.values():
+        for stmt in _statements(block):
+            if "includes" in stmt and all(isinstance(i, int) for i in stmt["includes"]):
+                stmt["includes"] = [names[i] for i in stmt["includes"] if 0 <= i < len(names)]
+    return parsed, found
+
+
+def _statements(block: list[Stmt]) -> Iterator[Stmt]:
+    for stmt in block:
+        yield stmt
+        yield from _statements(stmt.get("block", []))
+
+
+def _resolve_includes(block: list[Stmt], config_dir: str, parsed: dict[str, list[Stmt]]) -> None:
+    """``includes`` for the ``include`` statements of a salvaged block: the files already read it names."""
+    for stmt in _statements(block):
+        if stmt.get("directive") == "include" and _args(stmt):
+            pattern = _args(stmt)[0]
+            full = pattern if os.path.isabs(pattern) else os.path.join(config_dir, pattern)
+            matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+            stmt["includes"] = [name for name in matches if name in parsed]
+
+
+_SALVAGE_ATTEMPTS = 8
+
+
+def _salvage(file: str, line: int | None, message: str) -> list[Stmt]:
+    """What still parses of a file whose braces do not balance: each line crossplane stops at commented
+    out (a stray ``}``), a ``}`` added at the end for each block left open. Lines stay the file's."""
+    try:
+        lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    with tempfile.TemporaryDirectory(prefix="badgateway-nginx-") as folder:
+        copy = os.path.join(folder, "salvaged.conf")
+        for _ in range(_SALVAGE_ATTEMPTS):
+            if message.startswith("unexpected end of file") or line is None or not 1 <= line <= len(lines):
+                lines.append("}")
+            else:
+                lines[line - 1] = "# " + lines[line - 1]
+            Path(copy).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            payload = crossplane.parse(
+                copy, single=True, catch_errors=True, check_ctx=False, check_args=False, comments=False,
+                onerror=lambda exc: type(exc).__name__,
+            )  # fmt: skip
+            error = next(
+                (e for e in payload.get("errors", []) if e.get("callback") == "NgxParserSyntaxError"), None
+            )
+            if error is None:
+                parsed: list[Stmt] = payload["config"][0].get("parsed", [])
+                return parsed
+            line, message = error.get("line"), str(error.get("error", ""))
+    return []
 
 
 def _flatten(walk: _Walk, block: list[Stmt], file: str, depth: int = 0) -> list[tuple[Stmt, str]]:
@@ -138,10 +317,9 @@ def _flatten(walk: _Walk, block: list[Stmt], file: str, depth: int = 0) -> list[
     out: list[tuple[Stmt, str]] = []
     for stmt in block:
         if stmt.get("directive") == "include" and depth < 32:
-            for index in stmt.get("includes", []):
-                if 0 <= index < len(walk.config):
-                    included = walk.config[index]
-                    out += _flatten(walk, included.get("parsed", []), str(included.get("file")), depth + 1)
+            for name in stmt.get("includes", []):
+                if name in walk.parsed:
+                    out += _flatten(walk, walk.parsed[name], name, depth + 1)
             continue
         out.append((stmt, file))
     return out
@@ -226,7 +404,7 @@ def _scope_directives(walk: _Walk, block: list[tuple[Stmt, str]], scope: _Scope,
         elif name == "error_log" and args:
             _add_log(walk, args[0], _origin(stmt, file))
         elif name == "server_name" and context == "server":
-            scope.server_names = tuple(args)
+            scope.server_names += tuple(args)  # several server_name lines add up
 
 
 def _server_listens(walk: _Walk, block: list[tuple[Stmt, str]], scope: _Scope) -> None:
@@ -256,7 +434,20 @@ def _walk_nested(walk: _Walk, stmt: Stmt, file: str, scope: _Scope, context: str
         scope = scope.child()
         scope.location = " ".join(_args(stmt))
     nested_context = "if" if name == "limit_except" and context == "server" else name
-    _walk_block(walk, _flatten(walk, stmt["block"], file), scope, nested_context)
+    block = _flatten(walk, stmt["block"], file)
+    first_listen, first_pass = len(walk.listens), len(walk.passes)
+    _walk_block(walk, block, scope, nested_context)
+    if name == "server":
+        names = [(s, f) for s, f in block if s.get("directive") == "server_name"]
+        walk.servers.append(
+            Server(
+                origin=_origin(stmt, file),
+                server_names=tuple(arg for s, _ in names for arg in _args(s)),
+                listens=tuple(walk.listens[first_listen:]),
+                passes=tuple(walk.passes[first_pass:]),
+                names_origin=_origin(*names[0]) if names else None,
+            )
+        )
 
 
 def _listen(args: list[str], origin: Origin, names: tuple[str, ...]) -> Listen:

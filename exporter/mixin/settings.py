@@ -55,7 +55,7 @@ class Settings:
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
     for_scale: float = 1.0
     exporter_job: str = "badgateway"
-    front_target: str = "front"
+    front_target: str = "front(:.*)?"  # "front" and every discovered "front:<server_name>"
     backend_target: str = "backend"
     gateway_error_rate: float = 0.05
     error_rate_window: str = "5m"

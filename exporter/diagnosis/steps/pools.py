@@ -12,20 +12,33 @@ from exporter.discovery.model import PoolFacts
 
 
 def configuration_files(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
+    """Files discovery could not read or parse, each with its file and line (nginx's own when nginx -t ran)."""
     del earlier
     discovered = ctx.config.discovered
-    if discovered is None:
+    if discovered is None or not discovered.problems:
         return []
     syntax_error = discovered.nginx.syntax_error if discovered.nginx else None
-    problems = [p for p in discovered.problems if p != syntax_error]
-    if not problems:
-        return []
+    evidence = [str(p) for p in discovered.problems]
+    if syntax_error is None:
+        return [
+            Finding(
+                "discovery", "nginx and PHP-FPM configuration files can be read", Verdict.WARN, tuple(evidence),
+                fix=("the exporter keeps running with the defaults and what it could read;"
+                     " set the values in its configuration file or fix the files named",),
+            )
+        ]  # fmt: skip
+    where = f"{syntax_error.file} line {syntax_error.line}" if syntax_error.line else syntax_error.file
+    evidence += [
+        "the running nginx still serves its previous configuration; the exporter probes what it found"
+        " before the file broke (or, started since, what of the files still parses)",
+    ]
     return [
         Finding(
-            "discovery", "nginx and PHP-FPM configuration files can be read", Verdict.WARN,
-            tuple(str(p) for p in problems),
-            fix=("the exporter keeps running with the defaults and what it could read;"
-                 " set the values in its configuration file or fix the files named",),
+            "discovery", f"nginx's configuration files parse: not {where}", Verdict.WARN, tuple(evidence),
+            fix=(f"fix {where}: {syntax_error.message}",
+                 "do not reload or restart nginx before `sudo nginx -t` passes: until then it keeps serving"
+                 " the previous configuration"),
+            latent=True,
         )
     ]  # fmt: skip
 
