@@ -5,19 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from exporter import __version__
-from exporter.app import diagnose_once, serving, stop_on_signals
+from exporter.app import MAX_SCRAPE_TIMEOUT_SECONDS, Checked, check_once, serving, stop_on_signals
+from exporter.bundle import BundleError, PendingBundle, write_bundle
 from exporter.config import Config, ConfigError
+from exporter.deadline import Deadline
+from exporter.diagnosis import EXIT_CAUSE_NOW, EXIT_LATENT_ONLY, Diagnosis
 from exporter.diagnosis.render import diagnosis_json, render_text
 from exporter.discovery.merge import load_config
 from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "badgateway-exporter"
 log = logging.getLogger(PROG)
+
+MAX_WAIT_SECONDS = 3600.0
+WAIT_POLL_SECONDS = 2.0
+EXIT_USAGE = 2
+# Third-party loggers that say one INFO line per request (httpx: "HTTP Request: GET ..."): quiet
+# below WARNING unless --log.level=debug.
+CHATTY_LOGGERS = ("httpx", "httpcore")
 
 
 class UsageError(Exception):
@@ -51,11 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.add_parser("serve", help="serve /metrics (the default)")
-    diag = sub.add_parser("diagnose", help="run every check once and print the verdict and the fix")
-    diag.add_argument("--format", choices=["text", "json"], default="text")
-    diag.add_argument(
-        "--timeout", type=float, default=None, metavar="SECONDS", help="deadline for all checks"
-    )
+    _diagnose_parser(sub)
     sub.add_parser(
         "logs", help="classify or analyze nginx / PHP-FPM logs offline (logs --help)", add_help=False
     )
@@ -68,6 +76,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DIAGNOSE_EPILOG = f"""\
+exit codes:
+  0  healthy: no cause of 502/504
+  1  a cause of 502/504 is happening now
+  2  bad usage or configuration (also: the bundle file cannot be written)
+  3  only problems for the next reload or restart (nginx -t fails while nginx serves, ...)
+
+examples:
+  {PROG} diagnose                             # once
+  {PROG} diagnose --wait 60                   # after a fix or a deploy: until healthy, at most 60 s
+  {PROG} diagnose --bundle /tmp/502.tar.gz    # and a redacted bundle for a colleague
+
+The bundle holds the diagnosis, the recent lines of the watched logs, the units' journals,
+nginx -T, the PHP-FPM files discovery read, the backend's environment and the versions; every
+secret value is redacted, it is written with mode 0600 and nothing leaves this host."""
+
+
+def _seconds(low: float, high: float, zero_ok: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds within ``[low, high]`` (``low`` itself if ``zero_ok``)."""
+    bounds = f"from {low:g} to {high:g}" if zero_ok else f"above {low:g} and at most {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (low <= value if zero_ok else low < value) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _diagnose_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    diag = sub.add_parser(
+        "diagnose",
+        help="run every check once and print the verdict and the fix",
+        description="Run every runbook check and print each step's verdict, the causes of 502/504 and the fix.",
+        epilog=_DIAGNOSE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    diag.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or json")
+    diag.add_argument(
+        "--timeout",
+        type=_seconds(0, MAX_SCRAPE_TIMEOUT_SECONDS, zero_ok=False),
+        default=None,
+        metavar="SECONDS",
+        help=f"deadline for all checks of a round (default: scrape_timeout_seconds; at most {MAX_SCRAPE_TIMEOUT_SECONDS:g})",
+    )
+    diag.add_argument(
+        "--wait",
+        type=_seconds(0, MAX_WAIT_SECONDS, zero_ok=True),
+        default=None,
+        metavar="SECONDS",
+        help=f"check again every {WAIT_POLL_SECONDS:g} s until no cause of 502/504 is left (exit 0, or 3 if only "
+        f"problems for the next restart remain) or SECONDS are up (the last verdict); one line per round "
+        f"on stderr, the full diagnosis at the end (at most {MAX_WAIT_SECONDS:g})",
+    )
+    diag.add_argument(
+        "--bundle",
+        metavar="FILE.tar.gz",
+        help="also write a support bundle there: diagnosis, recent logs, journals, nginx -T, PHP-FPM "
+        "files, the backend's environment, versions; secrets redacted, mode 0600, written on this host only",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``badgateway-exporter`` command."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -76,22 +150,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return passthrough
     try:
         args = _parser().parse_args(args_list)
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        _configure_logging(args.log_level)
         flags = (
             {"listen_address": ("--web.listen-address", args.listen_address)} if args.listen_address else None
         )
         config = load_config(args.config, flags)
         if args.command == "diagnose":
-            return run_diagnose(config, args.format, args.timeout)
+            return run_diagnose(
+                config,
+                args.format,
+                args.timeout,
+                wait=args.wait,
+                bundle=args.bundle,
+                reload=lambda: load_config(args.config, flags),
+            )
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         return serve(config, web_config, reload=lambda: load_config(args.config, flags))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, BundleError) as exc:
         print(f"{PROG}: {exc}" if not str(exc).startswith(PROG) else str(exc), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _configure_logging(level: str) -> None:
+    """The exporter's own log at ``level``; the chatty third-party loggers only with ``debug``."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 _GLOBAL_OPTIONS_WITH_VALUE = ("--config", "--web.listen-address", "--web.config.file", "--log.level")
@@ -184,11 +270,93 @@ def serve(
     return 0
 
 
-def run_diagnose(config: Config, output_format: str, timeout: float | None) -> int:
-    """Run every check once; exit 0 healthy, 1 a cause of 502/504 now, 3 only problems for the next restart."""
-    diagnosis = diagnose_once(config, timeout)
+def run_diagnose(
+    config: Config,
+    output_format: str,
+    timeout: float | None,
+    *,
+    wait: float | None = None,
+    bundle: str | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> int:
+    """Run every check (again, with ``wait``), print the diagnosis, write the bundle; the diagnosis's exit code.
+
+    Exit 0 healthy, 1 a cause of 502/504 now, 3 only problems for the next restart; a bundle that
+    cannot be written is a :class:`BundleError` (exit 2), found before any check runs.
+    """
+    pending = PendingBundle(bundle) if bundle is not None else None
+    try:
+        if wait is None:
+            checked = check_once(config, timeout)
+        else:
+            checked, config = wait_for_fix(config, timeout, wait, reload)
+        _print_diagnosis(checked.diagnosis, output_format)
+        if pending is not None:
+            written = write_bundle(pending, config, checked)
+            pending = None
+            missing = (
+                f"; {len(written.notes)} note(s) on what is missing in README.txt" if written.notes else ""
+            )
+            print(
+                f"{PROG}: wrote the bundle {written.path} ({len(written.names)} files, "
+                f"{written.size / 1024:.0f} KiB, secrets redacted){missing}",
+                file=sys.stderr,
+            )
+    finally:
+        if pending is not None:
+            pending.discard()
+    return checked.diagnosis.exit_code
+
+
+def _print_diagnosis(diagnosis: Diagnosis, output_format: str) -> None:
     if output_format == "json":
         print(json.dumps(diagnosis_json(diagnosis), indent=2))
     else:
         print(render_text(diagnosis, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
-    return diagnosis.exit_code
+
+
+def wait_for_fix(
+    config: Config, timeout: float | None, wait: float, reload: Callable[[], Config] | None = None
+) -> tuple[Checked, Config]:
+    """Rounds every :data:`WAIT_POLL_SECONDS` until none has a cause of 502/504 now or ``wait`` is up.
+
+    The last round starts at the deadline at the latest; ``reload`` (discovery again) runs before
+    each round after the first, so a fix in nginx's or PHP-FPM's files is seen. One line per round
+    goes to stderr.
+    """
+    started = time.monotonic()
+    deadline = Deadline.after(wait)
+    round_number = 0
+    while True:
+        round_started = time.monotonic()
+        checked = check_once(config, timeout)
+        round_number += 1
+        print(_round_line(round_number, time.monotonic() - started, wait, checked.diagnosis), file=sys.stderr)
+        if checked.diagnosis.exit_code != EXIT_CAUSE_NOW or deadline.expired():
+            return checked, config
+        time.sleep(max(0.0, min(round_started + WAIT_POLL_SECONDS, deadline.at) - time.monotonic()))
+        config = _reloaded(config, reload)
+
+
+def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
+    if reload is None:
+        return config
+    try:
+        return reload()
+    except ConfigError as exc:
+        log.warning("configuration cannot be loaded again, keeping the old one: %s", exc)
+        return config
+
+
+def _round_line(number: int, elapsed: float, wait: float, diagnosis: Diagnosis) -> str:
+    """``diagnose --wait: round 3, 4.1s of 30s: php_fpm_down remains``."""
+    head = f"{PROG} diagnose --wait: round {number}, {elapsed:.1f}s of {wait:g}s"
+    if diagnosis.exit_code == EXIT_CAUSE_NOW:
+        now = sorted(cause.value for cause in diagnosis.now) or ["502/504 with no cause identified"]
+        return f"{head}: {', '.join(now)} {'remains' if len(now) == 1 else 'remain'}"
+    if diagnosis.exit_code == EXIT_LATENT_ONLY:
+        later = sorted(cause.value for cause in diagnosis.latent) or [
+            f.step for f in diagnosis.latent_findings
+        ]
+        return f"{head}: no cause of 502/504 now; for the next reload or restart: {', '.join(later)}"
+    return f"{head}: no cause of 502/504 left"

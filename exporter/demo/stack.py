@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -284,7 +284,9 @@ class Stack:
         pm: str = "static",
         max_children: int = 2,
         request_terminate_timeout: float | None = None,
+        backend_env: Mapping[str, str] | None = None,
     ) -> None:
+        """``backend_env``: extra environment variables of the backend (none by default)."""
         if pm not in PM_MODES:
             raise ValueError(f"pm must be one of {PM_MODES}, got {pm!r}")
         if max_children < 1:
@@ -294,6 +296,7 @@ class Stack:
         self.pm = pm
         self.max_children = max_children
         self.request_terminate_timeout = request_terminate_timeout
+        self.backend_extra_env = dict(backend_env or {})
 
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -624,7 +627,7 @@ class Stack:
             "--host", "127.0.0.1", "--port", str(self.backend_port),
             "--timeout-graceful-shutdown", "1",
         ]  # fmt: skip
-        env = {**os.environ, ROOT_ENV: str(self.root)}
+        env = {**os.environ, **self.backend_env()}
         proc = self._spawn(argv, self.backend_log.name, env=env)
         self._backend = proc
 
@@ -794,8 +797,8 @@ class Stack:
         ]  # fmt: skip
 
     def backend_env(self) -> dict[str, str]:
-        """The extra environment of the backend (where its fault files are)."""
-        return {ROOT_ENV: str(self.root)}
+        """The extra environment of the backend (where its fault files are, and ``backend_env``)."""
+        return {**self.backend_extra_env, ROOT_ENV: str(self.root)}
 
     # -- exporter ---------------------------------------------------------------------------
 
