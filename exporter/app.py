@@ -21,8 +21,11 @@ from types import FrameType
 
 from prometheus_client.exposition import choose_encoder
 
+from exporter import __version__
 from exporter.config import Config, ConfigError
 from exporter.diagnosis import Diagnosis, diagnose
+from exporter.diagnosis.html import render_html
+from exporter.discovery.merge import keep_previous_targets
 from exporter.logs.tailer import LogWatcher
 from exporter.metrics import round_metric_families, scrape_registry
 from exporter.rounds import Prober, RoundResults
@@ -78,6 +81,8 @@ class Exporter:
         self._reload = reload
         self._stamps = discovered_file_stamps(config)
         self._next_reload_check = time.monotonic() + RELOAD_CHECK_SECONDS
+        self._last_lock = threading.Lock()
+        self._last: tuple[Checked, float] | None = None  # the last round and when it finished (Unix time)
 
     def _reload_if_changed(self) -> None:
         """Discover again when nginx's or PHP-FPM's configuration changed on disk (a new fastcgi_pass, a pool)."""
@@ -90,10 +95,16 @@ class Exporter:
             return
         self._stamps = stamps
         try:
-            config = self._reload()
+            # A file that no longer parses: nginx keeps serving the previous configuration, so the
+            # probes stay the previous ones (never the defaults); the problem itself still shows.
+            config = keep_previous_targets(self._reload(), self.config)
         except ConfigError as exc:
             log.warning("configuration changed but cannot be loaded, keeping the old one: %s", exc)
             return
+        found = config.discovered
+        broken = found.nginx.syntax_error if found is not None and found.nginx is not None else None
+        if broken is not None:
+            log.warning("nginx's files changed and do not load (%s): the probes stay as they were", broken)
         if self.watcher is not None and config.logs != self.config.logs:
             self.watcher.stop()
             self.watcher = LogWatcher(config.logs)
@@ -122,7 +133,10 @@ class Exporter:
     def check(self, timeout_seconds: float) -> Checked:
         self._reload_if_changed()
         results = self.prober.collect(timeout_seconds)
-        return Checked(results, diagnose(results, self.config))
+        checked = Checked(results, diagnose(results, self.config))
+        with self._last_lock:
+            self._last = (checked, time.time())
+        return checked
 
     def encode(self, checked: Checked, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
         """The exposition of one round for an ``Accept`` header.
@@ -139,6 +153,14 @@ class Exporter:
     def render(self, timeout_seconds: float, accept: str | None) -> tuple[bytes, str]:
         return self.encode(self.check(timeout_seconds), accept)
 
+    def landing_page(self) -> bytes:
+        """``/``: the last round's verdict, causes and steps; never starts a round (no probe)."""
+        with self._last_lock:
+            last = self._last
+        diagnosis, at = (last[0].diagnosis, last[1]) if last is not None else (None, None)
+        page = render_html(diagnosis, at, time.time(), version=__version__, watching=self.watching())
+        return page.encode("utf-8")
+
     def watching(self) -> str:
         return ", ".join(
             [pool.socket for pool in self.config.php_fpm] + [target.url for target in self.config.http]
@@ -150,11 +172,11 @@ class Exporter:
             self.watcher.stop()
 
 
-def diagnose_once(config: Config, timeout_seconds: float | None = None) -> Diagnosis:
-    """Run every check once, the logs' ends included, and diagnose."""
+def check_once(config: Config, timeout_seconds: float | None = None) -> Checked:
+    """Run every check once, the logs' ends included: the round's results and its diagnosis."""
     exporter = Exporter(config)
     try:
-        return exporter.check(timeout_seconds or config.scrape_timeout_seconds).diagnosis
+        return exporter.check(timeout_seconds or config.scrape_timeout_seconds)
     finally:
         exporter.close()
 

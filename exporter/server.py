@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import html
 import logging
 import socket
 import ssl
@@ -56,8 +55,8 @@ class RoundSource(Protocol):
         """The exposition of a round for an ``Accept`` header, gzipped or not."""
         ...
 
-    def watching(self) -> str:
-        """What is watched, one line for the landing page."""
+    def landing_page(self) -> bytes | str:
+        """The HTML of ``/``: the last round's verdict. Must not start a round (it never probes)."""
         ...
 
 
@@ -77,19 +76,6 @@ class Limits:
     write_timeout: float = 30.0
     max_head_bytes: int = 16384
 
-
-LANDING_PAGE = """<!doctype html>
-<html><head><title>badgateway-exporter</title></head>
-<body>
-<h1>badgateway-exporter {version}</h1>
-<p>Why is nginx answering 502 Bad Gateway? Every check of the runbook, as metrics.</p>
-<ul>
-<li><a href="metrics">/metrics</a></li>
-<li><a href="-/healthy">/-/healthy</a></li>
-</ul>
-<p>Watching: {watching}</p>
-</body></html>
-"""
 
 _REASONS = {
     200: "OK",
@@ -396,9 +382,10 @@ class MetricsServer:
             )
             return _Response(200, body, content_type, gzipped=gzipped)
         if path == "/":
-            watching = self.exporter.watching()
-            page = LANDING_PAGE.format(version=__version__, watching=html.escape(watching))
-            return _Response(200, page.encode(), "text/html; charset=utf-8")
+            # rendered on a worker thread from the last round: never waits for, nor starts, a round
+            page = await self._run(self.exporter.landing_page)
+            body = page.encode("utf-8") if isinstance(page, str) else page
+            return _Response(200, body, "text/html; charset=utf-8", extra=(("Cache-Control", "no-store"),))
         if path == "/-/healthy":
             return _Response(200, b"OK\n")
         return _Response(404, b"not found\n")
