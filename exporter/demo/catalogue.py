@@ -29,14 +29,15 @@ __all__ = [
     "Fault",
     "FaultContext",
     "FaultError",
-    "cgroup2_memory_parent",
     "fill_disk",
     "find_fault",
+    "memory_cgroups",
 ]
 
 _SLOW_SCRIPT_SECONDS = 5.0
 _MAX_FILL_BYTES = 512 * 1024 * 1024  # never fill a filesystem larger than this
 FILL_FILE = "badgateway-fault-fill"
+OOM_LIMIT_BYTES = 64 * 1024 * 1024
 HOG_SCRIPT = "badgateway-hog.php"
 
 
@@ -163,43 +164,72 @@ def _disk_heal(ctx: FaultContext) -> None:
         (ctx.disk / FILL_FILE).unlink(missing_ok=True)
 
 
-# -- OOM: a PHP worker in a memory-limited cgroup v2 sub-cgroup ---------------------------------
+# -- OOM: a PHP worker in a memory-limited sub-cgroup (cgroup v2, else v1's memory controller) ---------
 
 
-def cgroup2_memory_parent() -> tuple[Path | None, str]:
-    """A cgroup v2 folder whose children get the memory controller, or None and the reason."""
-    mounts: dict[str, str] = {}
+@dataclass(frozen=True)
+class MemoryCgroups:
+    """Where memory-limited cgroups can be made, and the names of their limit files."""
+
+    parent: Path
+    limit_file: str
+    swap_file: str
+    version: int
+
+
+_V2_FILES = ("memory.max", "memory.swap.max")
+_V1_FILES = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+
+
+def _cgroup_mounts() -> list[tuple[str, str, list[str]]]:
+    """``(mount point, fstype, super options)`` of every cgroup hierarchy mounted here."""
+    mounts = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
             left, _, right = line.partition(" - ")
-            if right.split()[:1] == ["cgroup2"]:
-                mounts[left.split()[4]] = "cgroup2"
-    if not mounts:
-        return None, "no cgroup v2 hierarchy is mounted"
-    for mount in sorted(mounts):
-        root = Path(mount)
-        try:
-            controllers = (root / "cgroup.subtree_control").read_text(encoding="utf-8").split()
-            available = (root / "cgroup.controllers").read_text(encoding="utf-8").split()
-        except OSError as exc:
-            return None, f"{root}: {exc.strerror or exc}"
-        if "memory" in controllers:
-            return root, ""
-        reason = (
-            f"cgroup v2 at {root} offers no memory controller (controllers: {' '.join(available) or 'none'});"
-            " the memory controller is bound to cgroup v1 here"
-            if "memory" not in available
-            else f"the memory controller is not enabled for children of {root}"
+            fields = right.split()
+            if fields[:1] in (["cgroup2"], ["cgroup"]) and len(fields) >= 3:
+                mounts.append((left.split()[4], fields[0], fields[2].split(",")))
+    return mounts
+
+
+def _v2_reason(root: Path) -> str | None:
+    """None when children of ``root`` get the memory controller, else why not."""
+    try:
+        controllers = (root / "cgroup.subtree_control").read_text(encoding="utf-8").split()
+        available = (root / "cgroup.controllers").read_text(encoding="utf-8").split()
+    except OSError as exc:
+        return f"{root}: {exc.strerror or exc}"
+    if "memory" in controllers:
+        return None
+    if "memory" not in available:
+        return (
+            f"cgroup v2 at {root} offers no memory controller (controllers: {' '.join(available) or 'none'})"
         )
-        return None, reason
-    return None, "no usable cgroup v2 hierarchy"
+    return f"the memory controller is not enabled for children of {root}"
+
+
+def memory_cgroups() -> tuple[MemoryCgroups | None, str]:
+    """Where to make a memory-limited cgroup: cgroup v2 with the memory controller, else cgroup v1's."""
+    mounts = _cgroup_mounts()
+    reasons = []
+    for mount, fstype, _options in sorted(mounts):
+        if fstype == "cgroup2":
+            reason = _v2_reason(Path(mount))
+            if reason is None:
+                return MemoryCgroups(Path(mount), *_V2_FILES, 2), ""
+            reasons.append(reason)
+    for mount, fstype, options in sorted(mounts):
+        if fstype == "cgroup" and "memory" in options:
+            return MemoryCgroups(Path(mount), *_V1_FILES, 1), ""
+    return None, "; ".join(reasons) or "no cgroup hierarchy with a memory controller is mounted"
 
 
 def _oom_unavailable(ctx: FaultContext) -> str | None:
     if os.geteuid() != 0:
         return "needs root to create a cgroup"
-    parent, reason = cgroup2_memory_parent()
-    return None if parent is not None else reason
+    found, reason = memory_cgroups()
+    return None if found is not None else reason
 
 
 def _php_workers(stack: Stack) -> list[int]:
@@ -217,15 +247,16 @@ def _php_workers(stack: Stack) -> list[int]:
 
 
 def _oom_inject(ctx: FaultContext) -> None:
-    parent, reason = cgroup2_memory_parent()
-    if parent is None:
+    found, reason = memory_cgroups()
+    if found is None:
         raise FaultError(reason)
-    cgroup = parent / f"badgateway-oom-{os.getpid()}"
+    cgroup = found.parent / f"badgateway-oom-{os.getpid()}"
     cgroup.mkdir()
     ctx.state["oom_cgroup"] = cgroup
-    (cgroup / "memory.max").write_text(str(64 * 1024 * 1024), encoding="ascii")
-    with contextlib.suppress(OSError):
-        (cgroup / "memory.swap.max").write_text("0", encoding="ascii")
+    limit = str(OOM_LIMIT_BYTES)
+    (cgroup / found.limit_file).write_text(limit, encoding="ascii")
+    with contextlib.suppress(OSError):  # no swap accounting: nothing to limit
+        (cgroup / found.swap_file).write_text("0" if found.version == 2 else limit, encoding="ascii")
     for pid in _php_workers(ctx.stack):
         with contextlib.suppress(OSError):
             (cgroup / "cgroup.procs").write_text(str(pid), encoding="ascii")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from exporter.causes import Cause, Facts, Finding, Verdict, backend_down, nginx_down, php_fpm_down
@@ -68,7 +69,18 @@ _KNOWN_PATTERNS = {
 
 def missing_process(pattern: str) -> str:
     """What ``ps`` showed, as a person says it (the default patterns by name, others as written)."""
-    return _KNOWN_PATTERNS.get(pattern, f"no process whose command line matches {pattern}")
+    known = _KNOWN_PATTERNS.get(pattern)
+    if known is not None:
+        return known
+    shown = _ESCAPE.sub(r"\1", pattern).removeprefix("^")  # as written, not as a regular expression
+    return (
+        f"no process whose command line starts with {shown}"
+        if pattern.startswith("^")
+        else (f"no process whose command line contains {shown}")
+    )
+
+
+_ESCAPE = re.compile(r"\\([^A-Za-z0-9])")
 
 
 UNITS_TITLE = "systemctl status of nginx, PHP-FPM and the backend"
