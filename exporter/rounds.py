@@ -18,7 +18,7 @@ from exporter.checks.http import HttpCheck, HttpResult
 from exporter.checks.logs import LogsCheck, LogsResult
 from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
-from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult
+from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult, oom_kills_in_kernel_log
 from exporter.checks.sockets import SocketResult, SocketsCheck
 from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config
@@ -145,16 +145,24 @@ class Prober:
         # Per probe: (minute, slowest duration in that minute), oldest first; at most a window's worth.
         self._slowest_by_minute: dict[str, deque[tuple[int, float]]] = {}
         self._oom_kills = OomKillWindow(config.thresholds.oom_kill_window_seconds)
+        self._oom_seeded = False
         # One thread per task is enough: a task still running from an earlier round is not started again.
         self._executor = ThreadPoolExecutor(max_workers=len(self._tasks), thread_name_prefix="check")
         self._lock = threading.Lock()
         self._inflight: Future[RoundResults] | None = None
 
-    def _recent_oom_kills(self, resources: ResourcesResult | None) -> int | None:
+    def _recent_oom_kills(self, resources: ResourcesResult | None, deadline: Deadline) -> int | None:
+        """OOM kills within the window: the counter's growth across rounds, the kernel log on the first."""
         if resources is None:
             return None
         with self._lock:
-            return self._oom_kills.observe(time.monotonic(), resources.oom_kills)
+            first = not self._oom_seeded
+            self._oom_seeded = True
+            counted = self._oom_kills.observe(time.monotonic(), resources.oom_kills)
+        if not first:
+            return counted
+        logged = oom_kills_in_kernel_log(self.config.thresholds.oom_kill_window_seconds, deadline.capped(0.2))
+        return logged if logged is not None else counted
 
     def _slowest(
         self, http_results: tuple[HttpResult, ...], fastcgi_results: tuple[FastCGIResult, ...]
@@ -261,7 +269,7 @@ class Prober:
                 (path, tuple(sorted(found))) for path, found in sorted(alternatives.items())
             ),
             slowest_probe_seconds=self._slowest(http_results, fastcgi_results),
-            recent_oom_kills=self._recent_oom_kills(_first(values, ResourcesCheck.collector)),
+            recent_oom_kills=self._recent_oom_kills(_first(values, ResourcesCheck.collector), deadline),
         )
 
     @staticmethod

@@ -177,6 +177,12 @@ def test_socket_owned_by_root(stack: Stack) -> None:
     assert scrape.value("badgateway_socket_accessible", socket=sock, user="www-data") == 0
     assert scrape.value("badgateway_socket_info", socket=sock, owner="root", group="root", mode="0660") == 1
     assert scrape.value("badgateway_fastcgi_up", socket=sock) == 1  # root itself may still connect
+    # ...but diagnose never calls that "ok": nginx's worker user could not have done the same.
+    _, document = diagnose_json(write_config(stack))
+    about_socket = [f for f in document["findings"] if sock in f["step"]]
+    assert about_socket and all(f["verdict"] == "fail" for f in about_socket), about_socket
+    fcgi = next(f for f in about_socket if f["step"].startswith("fastcgi:"))
+    assert "not nginx's user www-data" in fcgi["title"]
 
 
 @ROOT_ONLY

@@ -66,3 +66,19 @@ def test_a_recent_oom_kill_is_memory_exhaustion(tmp_path: Path) -> None:
     memory = next(f for f in diagnosis.findings if f.step == "memory")
     assert memory.verdict == Verdict.FAIL
     assert any("OOM killer killed 1 process(es) in the last 10 min" in line for line in memory.evidence)
+
+
+def test_oom_kills_are_read_from_the_kernel_log_records() -> None:
+    from exporter.checks.resources import count_recent_kills
+
+    records = [
+        b"6,100,1000000,-;eth0: link up",
+        b"3,101,5000000,-;Out of memory: Killed process 4242 (php-fpm8.2) total-vm:1234kB, anon-rss:99kB",
+        b"3,102,9000000,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),task=php-fpm8.2,pid=4243",
+        b"3,103,9000001,-;Memory cgroup out of memory: Killed process 4243 (php-fpm8.2) total-vm:9kB",
+        b"garbage without fields",
+        b"3,104,notanumber,-;Out of memory: Killed process 1 (x)",
+    ]
+    assert count_recent_kills(records, since=0.0) == 2  # the oom-kill: summary line is not a second kill
+    assert count_recent_kills(records, since=6.0) == 1  # only the one at 9 s after boot
+    assert count_recent_kills(records, since=10.0) == 0

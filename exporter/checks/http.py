@@ -26,6 +26,13 @@ class HttpResult:
     duration_seconds: float
     error: str | None  # "connection_refused", "timeout", "connect_error", "protocol_error", "tls_error"
     detail: str | None
+    host: str | None = None
+    """The Host header (and SNI) sent, when the target names one."""
+
+    @property
+    def curl(self) -> str:
+        """The same request as a person types it."""
+        return f"curl -H 'Host: {self.host}' {self.url}" if self.host else f"curl {self.url}"
 
     @property
     def gateway_error(self) -> bool:
@@ -113,6 +120,7 @@ class HttpCheck:
             duration_seconds=duration,
             error=error,
             detail=detail,
+            host=self.target.host,
         )
 
 

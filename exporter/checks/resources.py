@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -176,3 +177,58 @@ def metric_families(result: ResourcesResult) -> Iterable[Metric]:
         files_free.add_metric([fs.mountpoint], float(fs.files_free))
     families += [size, avail, files_free]
     return families
+
+
+KMSG = "/dev/kmsg"
+MAX_KMSG_RECORDS = 100_000
+_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Killed process \d+")
+
+
+def oom_kills_in_kernel_log(window_seconds: float, deadline: Deadline, kmsg: str = KMSG) -> int | None:
+    """OOM kills the kernel's ring buffer records within the last ``window_seconds`` (``dmesg | grep``).
+
+    A process that has just started has no earlier ``oom_kill`` count to compare with: this is how
+    ``diagnose``, run once, still sees the OOM kill of a minute ago. None when the ring buffer cannot
+    be read (not root with ``kernel.dmesg_restrict``, no ``/dev/kmsg``).
+    """
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+        return count_recent_kills(_records(fd, deadline), now - window_seconds)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _records(fd: int, deadline: Deadline) -> Iterator[bytes]:
+    """Each read() of ``/dev/kmsg`` is one record; EAGAIN at the end of the buffer."""
+    for _ in range(MAX_KMSG_RECORDS):
+        if deadline.expired():
+            return
+        try:
+            yield os.read(fd, 8192)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # the buffer wrapped under us: the next read continues
+            continue
+
+
+def count_recent_kills(records: Iterable[bytes], since: float) -> int:
+    """Kill records (``PRIO,SEQ,MICROSECONDS,FLAGS;MESSAGE``) stamped at ``since`` seconds after boot or later."""
+    kills = 0
+    for record in records:
+        head, _, message = record.partition(b";")
+        fields = head.split(b",")
+        if (
+            len(fields) >= 3
+            and fields[2].isdigit()
+            and _KILLED.search(message)
+            and int(fields[2]) / 1e6 >= since
+        ):
+            kills += 1
+    return kills

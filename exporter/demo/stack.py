@@ -830,6 +830,9 @@ class Stack:
                 "backend": r"\buvicorn\b.* --port " + str(self.backend_port) + r"\b",
             },
             "filesystems": [str(self.root / "run"), str(self.root / "log"), str(self.web_root)],
+            # An OOM kill anywhere on the host counts: a minute, not ten, so a stack started right
+            # after one (the demo's own OOM fault, a test) is not memory_exhausted for long.
+            "thresholds": {"oom_kill_window_seconds": 60.0},
             "logs": {
                 "nginx": [str(self.nginx_error_log)],
                 "php_fpm": [str(self.php_fpm_log)],

@@ -287,6 +287,8 @@ def exporter_settings(stack: Stack, bus_address: str | None) -> dict[str, Any]:
     settings = stack.exporter_config()
     # Prometheus' 1 s scrape timeout leaves the default 0.5 s margin only 0.5 s: take 0.2.
     settings["scrape_timeout_margin_seconds"] = 0.2
+    # An OOM kill means memory_exhausted for this long: 10 minutes, scaled like every for: (x0.05).
+    settings["thresholds"] = {"oom_kill_window_seconds": 30.0}
     if bus_address is not None:
         settings["units"] = {
             "nginx": NGINX,

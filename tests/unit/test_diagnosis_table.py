@@ -350,3 +350,11 @@ def test_evidence_says_what_was_found_in_words() -> None:
     front = next(f for f in diagnosis.findings if f.step == "http:front")
     assert front.title == "nginx answers http://127.0.0.1/ with HTTP 502"
     assert not any("\\\\" in line for f in diagnosis.findings for line in (f.title, *f.evidence))
+
+
+def test_the_curl_shown_sends_the_host_the_probe_sent() -> None:
+    r = healthy()
+    front = dataclasses.replace(r.http[1], target="front:shop.test", up=False, status_code=502, host="shop.test")
+    diagnosis = diagnose(dataclasses.replace(r, http=(r.http[0], front)), config())
+    (step,) = [f for f in diagnosis.findings if f.step == "http:front:shop.test"]
+    assert step.evidence[0] == "curl -H 'Host: shop.test' http://127.0.0.1/: HTTP 502"

@@ -38,7 +38,7 @@ def _titles(probe: HttpResult) -> tuple[str, str, tuple[str, ...]]:
     else:
         title = f"nginx serves {probe.url} without a gateway error"
     answer = f"HTTP {probe.status_code}" if probe.status_code else f"{probe.error}: {probe.detail}"
-    return step, title, (f"curl {probe.url}: {answer}",)
+    return step, title, (f"{probe.curl}: {answer}",)
 
 
 def _found_title(probe: HttpResult) -> str:
