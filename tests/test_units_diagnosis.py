@@ -63,6 +63,7 @@ def harness_config(harness: SystemdHarness) -> Config:
                 {"name": "front", "url": f"http://127.0.0.1:{harness.nginx_port}/", "role": "front"},
             ],
             "nginx": {"test": False},
+            "thresholds": {"oom_kill_window_seconds": 60.0},  # the host's own OOM kills are not this stack's
             "processes": {
                 "nginx": r"^nginx: master process .*" + re.escape(str(stack)),
                 "php_fpm": r"^php-fpm: master process \(" + re.escape(str(stack)),
