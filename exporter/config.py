@@ -6,6 +6,7 @@ Defaults fit a stock Ubuntu/Debian host as described in the runbook.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -114,6 +115,8 @@ class LogSettings:
     state_file: str | None = None
     max_upstreams: int = 20
     poll_interval_seconds: float = 0.25
+    evidence_window_seconds: float = 300.0
+    """Log lines older than this are history: shown apart, not evidence of what happens now."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,11 @@ def _check_values(config: Config, source: str) -> None:
             re.compile(getattr(config.processes, name))
         except re.error as exc:
             raise ConfigError(f"{source}: processes.{name}: invalid regular expression: {exc}") from None
+    window = config.logs.evidence_window_seconds
+    if not (math.isfinite(window) and 1 <= window <= 86400):
+        raise ConfigError(
+            f"{source}: logs.evidence_window_seconds: must be from 1 to 86400 seconds, got {window!r}"
+        )
     for index, target in enumerate(config.http):
         if not target.url.startswith(("http://", "https://")):
             raise ConfigError(f"{source}: http[{index}].url: must start with http:// or https://")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -282,13 +283,15 @@ def test_a_502_no_cause_explains_is_its_own_failing_finding() -> None:
 def test_log_lines_in_the_round_are_the_log_steps_evidence() -> None:
     line = "connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory) while connecting to upstream"
     logs = LogsResult(("/var/log/nginx/error.log",), ("/var/log/nginx/error.log",), None,
-                      (Evidence("/var/log/nginx/error.log", "nginx", "2026/12/01 10:00:00", "socket_missing",
+                      (Evidence("/var/log/nginx/error.log", "nginx", _ago(30), "socket_missing",
                                 upstream=f"unix:{SOCKET}", line=line),))  # fmt: skip
     diagnosis = diagnose(dataclasses.replace(healthy(), logs=logs), config())
     (step,) = [f for f in diagnosis.findings if f.step == "logs"]
     assert step.verdict is Verdict.WARN
     assert f"1 x socket_missing (unix:{SOCKET})" in step.evidence[0]
-    assert step.title.startswith("The nginx and PHP-FPM logs show 1 recent")
+    assert step.title == (
+        "The nginx and PHP-FPM logs show 1 upstream error(s) or PHP-FPM event(s) in the last 5 min"
+    )
 
 
 def test_a_collector_that_did_not_deliver_is_a_skipped_step_not_a_cause() -> None:
@@ -354,7 +357,42 @@ def test_evidence_says_what_was_found_in_words() -> None:
 
 def test_the_curl_shown_sends_the_host_the_probe_sent() -> None:
     r = healthy()
-    front = dataclasses.replace(r.http[1], target="front:shop.test", up=False, status_code=502, host="shop.test")
+    front = dataclasses.replace(
+        r.http[1], target="front:shop.test", up=False, status_code=502, host="shop.test"
+    )
     diagnosis = diagnose(dataclasses.replace(r, http=(r.http[0], front)), config())
     (step,) = [f for f in diagnosis.findings if f.step == "http:front:shop.test"]
     assert step.evidence[0] == "curl -H 'Host: shop.test' http://127.0.0.1/: HTTP 502"
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now() - timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _log_line(seconds_ago: float, kind: str = "socket_missing") -> Evidence:
+    return Evidence("/var/log/nginx/error.log", "nginx", _ago(seconds_ago), kind, upstream=f"unix:{SOCKET}",
+                    line=f"{kind} line")  # fmt: skip
+
+
+def test_errors_before_the_window_are_history_not_evidence_of_now() -> None:
+    old = (_log_line(3600), _log_line(1800, "read_timeout"))
+    logs = LogsResult(("/var/log/nginx/error.log",), ("/var/log/nginx/error.log",), None, old)
+    diagnosis = diagnose(dataclasses.replace(healthy(), logs=logs), config())
+    (step,) = [f for f in diagnosis.findings if f.step == "logs"]
+    assert step.verdict is Verdict.OK
+    assert step.title == "The nginx and PHP-FPM logs show no upstream error in the last 5 min"
+    assert step.evidence[-1].startswith(
+        "history, before the last 5 min: 2 line(s) (read_timeout, socket_missing)"
+    )
+    assert diagnosis.healthy
+
+
+def test_recent_errors_are_counted_apart_from_history() -> None:
+    lines = (_log_line(3600), _log_line(60), _log_line(10))
+    logs = LogsResult(("/var/log/nginx/error.log",), ("/var/log/nginx/error.log",), None, lines)
+    (step,) = [
+        f for f in diagnose(dataclasses.replace(healthy(), logs=logs), config()).findings if f.step == "logs"
+    ]
+    assert step.verdict is Verdict.WARN
+    assert step.evidence[0] == f"last 2 error(s): 2 x socket_missing (unix:{SOCKET})"
+    assert step.evidence[-1].startswith("history, before the last 5 min: 1 line(s)")
