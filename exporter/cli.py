@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 from exporter import __version__
 from exporter.app import MAX_SCRAPE_TIMEOUT_SECONDS, Checked, check_once, serving, stop_on_signals
-from exporter.bundle import BundleError, PendingBundle, write_bundle
 from exporter.config import Config, ConfigError
 from exporter.deadline import Deadline
 from exporter.diagnosis import EXIT_CAUSE_NOW, EXIT_LATENT_ONLY, Diagnosis
@@ -166,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         return serve(config, web_config, reload=lambda: load_config(args.config, flags))
-    except (ConfigError, UsageError, BundleError) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"{PROG}: {exc}" if not str(exc).startswith(PROG) else str(exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -282,26 +281,52 @@ def run_diagnose(
     """Run every check (again, with ``wait``), print the diagnosis, write the bundle; the diagnosis's exit code.
 
     Exit 0 healthy, 1 a cause of 502/504 now, 3 only problems for the next restart; a bundle that
-    cannot be written is a :class:`BundleError` (exit 2), found before any check runs.
+    cannot be written is a :class:`UsageError` (exit 2), found before any check runs.
     """
-    pending = PendingBundle(bundle) if bundle is not None else None
+    if bundle is not None:
+        return _diagnose_with_bundle(config, output_format, timeout, wait, bundle, reload)
+    checked, _ = _check(config, timeout, wait, reload)
+    _print_diagnosis(checked.diagnosis, output_format)
+    return checked.diagnosis.exit_code
+
+
+def _check(
+    config: Config, timeout: float | None, wait: float | None, reload: Callable[[], Config] | None
+) -> tuple[Checked, Config]:
+    if wait is None:
+        return check_once(config, timeout), config
+    return wait_for_fix(config, timeout, wait, reload)
+
+
+def _diagnose_with_bundle(
+    config: Config,
+    output_format: str,
+    timeout: float | None,
+    wait: float | None,
+    path: str,
+    reload: Callable[[], Config] | None,
+) -> int:
+    # Imported only when asked for: tarfile brings lzma and bz2, a MiB the serving exporter never needs.
+    from exporter.bundle import BundleError, PendingBundle, write_bundle
+
     try:
-        if wait is None:
-            checked = check_once(config, timeout)
-        else:
-            checked, config = wait_for_fix(config, timeout, wait, reload)
+        pending: PendingBundle | None = PendingBundle(path)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        checked, config = _check(config, timeout, wait, reload)
         _print_diagnosis(checked.diagnosis, output_format)
-        if pending is not None:
-            written = write_bundle(pending, config, checked)
-            pending = None
-            missing = (
-                f"; {len(written.notes)} note(s) on what is missing in README.txt" if written.notes else ""
-            )
-            print(
-                f"{PROG}: wrote the bundle {written.path} ({len(written.names)} files, "
-                f"{written.size / 1024:.0f} KiB, secrets redacted){missing}",
-                file=sys.stderr,
-            )
+        assert pending is not None
+        written = write_bundle(pending, config, checked)
+        pending = None
+        missing = f"; {len(written.notes)} note(s) on what is missing in README.txt" if written.notes else ""
+        print(
+            f"{PROG}: wrote the bundle {written.path} ({len(written.names)} files, "
+            f"{written.size / 1024:.0f} KiB, secrets redacted){missing}",
+            file=sys.stderr,
+        )
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         if pending is not None:
             pending.discard()

@@ -456,3 +456,27 @@ def _rotate(log: Path, method: str, suffix: str) -> None:
     else:
         os.unlink(log)
         log.write_bytes(b"")
+
+
+def test_recent_keeps_the_last_error_lines_of_each_block_in_order(folder: Path) -> None:
+    """What the round shows of the logs: the newest errors, oldest first, never a notice, at most 20 a block."""
+    log = folder / "site-error.log"
+    log.write_bytes(b"")
+    watcher = LogWatcher(settings_for(folder, start="beginning"))
+    try:
+        watcher.poll_once()
+        with log.open("ab") as out:
+            out.write(b"".join(line(n, "refused" if n % 2 else "timeout") for n in range(1, 41)))
+            out.write(line(41, "notice"))
+        watcher.poll_once()
+        recent = watcher.recent()
+        assert [e.line.split("*")[1].split(" ")[0] for e in recent] == [str(n) for n in range(21, 41)]
+        assert {e.kind for e in recent} == {"read_timeout", "connection_refused"}
+        assert all(e.path == str(log) and e.source == "nginx" for e in recent)
+        assert timeouts(counters(watcher, log)) == 20  # the counts still cover every line
+        with log.open("ab") as out:
+            out.write(line(42, "notice") + line(43))
+        watcher.poll_once()
+        assert watcher.recent()[-1].line.startswith("2024/05/01 12:00:00 [error] 1#1: *43 upstream timed out")
+    finally:
+        watcher.stop()
