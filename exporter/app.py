@@ -24,7 +24,6 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.config import Config, ConfigError
 from exporter.diagnosis import Diagnosis, diagnose
-from exporter.diagnosis.html import render_html
 from exporter.discovery.merge import keep_previous_targets
 from exporter.logs.tailer import LogWatcher
 from exporter.metrics import round_metric_families, scrape_registry
@@ -158,6 +157,8 @@ class Exporter:
         with self._last_lock:
             last = self._last
         diagnosis, at = (last[0].diagnosis, last[1]) if last is not None else (None, None)
+        from exporter.diagnosis.html import render_html  # only when someone opens the page
+
         page = render_html(diagnosis, at, time.time(), version=__version__, watching=self.watching())
         return page.encode("utf-8")
 

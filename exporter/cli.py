@@ -16,7 +16,6 @@ from exporter.app import MAX_SCRAPE_TIMEOUT_SECONDS, Checked, check_once, servin
 from exporter.config import Config, ConfigError
 from exporter.deadline import Deadline
 from exporter.diagnosis import EXIT_CAUSE_NOW, EXIT_LATENT_ONLY, Diagnosis
-from exporter.diagnosis.render import diagnosis_json, render_text
 from exporter.discovery.merge import load_config
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -334,6 +333,8 @@ def _diagnose_with_bundle(
 
 
 def _print_diagnosis(diagnosis: Diagnosis, output_format: str) -> None:
+    from exporter.diagnosis.render import diagnosis_json, render_text  # diagnose only, not serve
+
     if output_format == "json":
         print(json.dumps(diagnosis_json(diagnosis), indent=2))
     else:
