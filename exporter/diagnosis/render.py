@@ -83,7 +83,10 @@ def _now_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
                 _paint("Verdict: nginx answers 502/504 and no cause explains it (see above).", "31;1", color)
             ]
         return [_paint("Verdict: nothing answers 502/504 now.", "32;1", color)]
-    lines = [_paint(f"Verdict: {len(diagnosis.now)} cause(s) of 502/504 happening now:", "31;1", color)]
+    count = len(diagnosis.now)
+    lines = [
+        _paint(f"Verdict: {count} cause{'s' if count > 1 else ''} of 502/504 happening now:", "31;1", color)
+    ]
     for cause in sorted(diagnosis.now):
         lines += _cause_lines(diagnosis, cause)
     return lines

@@ -316,7 +316,7 @@ def test_a_broken_config_with_nginx_down_is_a_cause_now() -> None:
     diagnosis = diagnose(_nginx_t_fails(_nginx_stopped(healthy())), config())
     assert diagnosis.now == {Cause.NGINX_CONFIG_INVALID, Cause.NGINX_DOWN}
     assert diagnosis.exit_code == EXIT_CAUSE_NOW
-    assert "Verdict: 2 cause(s) of 502/504 happening now:" in render_text(diagnosis)
+    assert "Verdict: 2 causes of 502/504 happening now:" in render_text(diagnosis)
 
 
 def test_exit_codes() -> None:
