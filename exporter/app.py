@@ -149,9 +149,6 @@ class Exporter:
         body = encoder(registry)
         return (gzip.compress(body, 1) if gzipped else body), content_type
 
-    def render(self, timeout_seconds: float, accept: str | None) -> tuple[bytes, str]:
-        return self.encode(self.check(timeout_seconds), accept)
-
     def landing_page(self) -> bytes:
         """``/``: the last round's verdict, causes and steps; never starts a round (no probe)."""
         with self._last_lock:
