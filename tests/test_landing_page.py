@@ -30,8 +30,8 @@ import pytest
 from conftest import StackFactory
 from harness.exporters import Scrape, parse, stack_config
 
-from exporter.app import serving
-from exporter.demo.stack import Stack
+from exporter.app import Serving, serving
+from exporter.demo.stack import Stack, wait_until
 from exporter.webconfig import web_config_from_dict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -119,19 +119,19 @@ def keep(path: Path) -> None:
 
 
 @contextmanager
-def served(stack: Stack) -> Iterator[tuple[str, str]]:
-    """The exporter on the stack behind basic auth: its base URL, and ``/`` with the credentials."""
+def served(stack: Stack) -> Iterator[tuple[str, str, Serving]]:
+    """The exporter on the stack behind basic auth: its base URL, ``/`` with the credentials, and it."""
     web = web_config_from_dict({"basic_auth_users": {USER: HASH}}, "test web config")
     with serving(stack_config(stack), web, listen_address="127.0.0.1:0") as running:
         host = f"127.0.0.1:{running.port}"
-        yield f"http://{host}", f"http://{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@{host}/"
+        yield f"http://{host}", f"http://{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@{host}/", running
 
 
 def test_landing_page_in_chromium(make_stack: StackFactory, tmp_path: Path) -> None:
     assert CHROMIUM is not None
     browser = Chromium(CHROMIUM, tmp_path)
     stack = make_stack()
-    with served(stack) as (base, page):
+    with served(stack) as (base, page, running):
         # behind the same basic auth as /metrics
         assert httpx.get(f"{base}/", timeout=5).status_code == 401
         assert httpx.get(f"{base}/", auth=(USER, "wrong"), timeout=5).status_code == 401
@@ -187,7 +187,12 @@ def test_landing_page_in_chromium(make_stack: StackFactory, tmp_path: Path) -> N
 
         slow = threading.Thread(target=slow_scrape, daemon=True)
         slow.start()
-        time.sleep(0.3)
+        prober = running.exporter.prober
+        wait_until(
+            lambda: prober._inflight is not None and not prober._inflight.done(),
+            10,
+            "the slow round to start",
+        )
         hits = backend_health_hits(stack)
         started = time.monotonic()
         answer = httpx.get(f"{base}/", auth=AUTH, timeout=5)
