@@ -109,8 +109,17 @@ counter badgateway_upstream_errors by kind
 /upstream sent too big header/ {
   badgateway_upstream_errors["header_too_big"]++
 }
-/upstream sent (invalid|no valid)/ {
+/upstream sent (no valid HTTP|unsupported FastCGI protocol)/ {
+  badgateway_upstream_errors["protocol_mismatch"]++
+}
+/upstream sent (invalid|no valid [^H])/ {
   badgateway_upstream_errors["invalid_header"]++
+}
+/worker_connections are not enough|\((24|99): [A-Z]/ {
+  badgateway_upstream_errors["connections_exhausted"]++
+}
+/could not be resolved|host not found in upstream/ {
+  badgateway_upstream_errors["host_not_found"]++
 }
 /SSL handshaking to upstream/ {
   badgateway_upstream_errors["ssl_handshake_failed"]++

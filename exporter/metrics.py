@@ -9,8 +9,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.causes import FACT_LABELS, Cause, Finding
-from exporter.checks import fastcgi, http, nginx_config, processes, resources, sockets, units
+from exporter.causes import FACT_LABELS, UNEXPLAINED, Cause, Finding
+from exporter.checks import (
+    database,
+    fastcgi,
+    http,
+    nginx_config,
+    php_fpm_config,
+    processes,
+    resources,
+    sockets,
+    units,
+)
 from exporter.config import Config
 from exporter.diagnosis import Diagnosis
 from exporter.logs import metrics as log_metrics
@@ -31,6 +41,10 @@ def round_metric_families(results: RoundResults, diagnosis: Diagnosis, config: C
         yield from resources.metric_families(results.resources)
     if results.nginx_config is not None:
         yield from nginx_config.metric_families(results.nginx_config)
+    if results.php_fpm_config is not None:
+        yield from php_fpm_config.metric_families(results.php_fpm_config)
+    if results.database is not None:
+        yield from database.metric_families(results.database)
     if results.units is not None:
         yield from units.metric_families(results.units)
     if results.logs is not None and results.logs.snapshot is not None:
@@ -44,11 +58,13 @@ def cause_families(diagnosis: Diagnosis) -> Iterator[Metric]:
     """The verdict: ``badgateway_cause`` for every cause, ``badgateway_cause_info`` for the active ones."""
     cause = GaugeMetricFamily(
         "badgateway_cause",
-        "1 for each cause of 502/504 the diagnosis currently finds, 0 for the others.",
+        "1 for each cause of 502/504 the diagnosis currently finds, 0 for the others; cause"
+        ' "unexplained": 502/504s now that no cause explains.',
         labels=["cause"],
     )
     for name in Cause:
         cause.add_metric([name.value], float(name in diagnosis.causes))
+    cause.add_metric([UNEXPLAINED], float(diagnosis.is_unexplained))
     yield cause
     info = GaugeMetricFamily(
         "badgateway_cause_info",
@@ -59,6 +75,10 @@ def cause_families(diagnosis: Diagnosis) -> Iterator[Metric]:
     for active in sorted(diagnosis.causes):
         for fix, facts in _distinct_fixes(diagnosis.evidence.get(active, ())):
             info.add_metric([active.value, *facts, fix], 1.0)
+    if diagnosis.is_unexplained:
+        unexplained = [f for f in diagnosis.findings if f.step == "gateway_errors"]
+        for fix, facts in _distinct_fixes(unexplained):
+            info.add_metric([UNEXPLAINED, *facts, fix], 1.0)
     yield info
 
 

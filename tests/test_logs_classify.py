@@ -174,7 +174,7 @@ NGINX_TABLE: list[tuple[bytes, str, str | None]] = [
             "upstream sent no valid HTTP/1.0 header while reading response header from upstream",
             "http://127.0.0.1:8000/",
         ),
-        "invalid_header",
+        "protocol_mismatch",
         "127.0.0.1:8000",
     ),
     (
@@ -231,8 +231,10 @@ NGINX_TABLE: list[tuple[bytes, str, str | None]] = [
             'open() "/var/lib/nginx/proxy/1/00/0000000001" failed (13: Permission denied) while reading upstream',
             "http://127.0.0.1:8000/",
         ),
-        "other_upstream",
-        "127.0.0.1:8000",
+        # A file nginx opens (its temp file): not an upstream failure, and what follows open() " is
+        # what a client may choose (a request path), so such a line is never upstream evidence.
+        "none",
+        None,
     ),
     # upstream address shapes: IPv6, uwsgi, unix:///, http over unix socket, no URI
     (ngx(READ_TIMEOUT, "http://[::1]:8080/api?x=1"), "read_timeout", "[::1]:8080"),
@@ -322,7 +324,90 @@ NGINX_TABLE: list[tuple[bytes, str, str | None]] = [
         "none",
         None,
     ),
-    (ngx("1024 worker_connections are not enough while connecting to upstream", level="alert"), "none", None),
+    (
+        ngx("1024 worker_connections are not enough while connecting to upstream", level="alert"),
+        "connections_exhausted",
+        "unix:/run/php/php8.3-fpm.sock",
+    ),
+    (
+        ngx("socket() failed (24: Too many open files) while connecting to upstream"),
+        "connections_exhausted",
+        "unix:/run/php/php8.3-fpm.sock",
+    ),
+    (
+        ngx(
+            "connect() to 10.0.0.5:8000 failed (99: Cannot assign requested address) while connecting to upstream"
+        ),
+        "connections_exhausted",
+        "unix:/run/php/php8.3-fpm.sock",
+    ),
+    (
+        ngx(
+            "upstream sent unsupported FastCGI protocol version: 72 while reading response header from upstream"
+        ),
+        "protocol_mismatch",
+        "unix:/run/php/php8.3-fpm.sock",
+    ),
+    (
+        ngx(
+            "upstream SSL certificate verify error: (10:certificate has expired) while SSL handshaking to upstream"
+        ),
+        "ssl_handshake_failed",
+        "unix:/run/php/php8.3-fpm.sock",
+    ),
+    # A runtime resolver failure has no upstream field; its name is not a label.
+    (
+        b"2024/05/01 12:34:56 [error] 4242#4242: *77 app could not be resolved (3: Host not found), client: 203.0.113.7,"
+        b' server: shop.example, request: "GET /api/ HTTP/1.1", host: "shop.example"',
+        "host_not_found",
+        None,
+    ),
+    (
+        b'2024/05/01 12:34:56 [emerg] 4242#4242: host not found in upstream "app:8000" in /etc/nginx/conf.d/a.conf:12',
+        "host_not_found",
+        None,
+    ),
+    # Re-spaced (a translator, a re-wrap), no-break spaces, cut at the start: the errno and phrase decide.
+    (
+        b"2024/05/01 12:34:56  [error]  4242#4242:  *77  upstream  timed out (110: Connection timed out)\twhile"
+        b' reading response header from upstream, client: 203.0.113.7, upstream: "http://127.0.0.1:8000/"',
+        "read_timeout",
+        "127.0.0.1:8000",
+    ),
+    (
+        b"2024/05/01 12:34:56 [error] 4242#4242: *77 upstream\xc2\xa0prematurely\xc2\xa0closed connection while reading"
+        b' response header from upstream, client: 203.0.113.7, upstream: "http://127.0.0.1:8000/"',
+        "premature_close",
+        "127.0.0.1:8000",
+    ),
+    (
+        b"d out (110: Connection timed out) while reading response header from upstream, client: 203.0.113.7,"
+        b' upstream: "http://127.0.0.1:8000/"',
+        "read_timeout",
+        "127.0.0.1:8000",
+    ),
+    (
+        b"ed (111: Connection refused) while connecting to upstream, client: 203.0.113.7,"
+        b' upstream: "http://127.0.0.1:8000/"',
+        "connection_refused",
+        "127.0.0.1:8000",
+    ),
+    # Forged: a request path holding the text of an upstream error, logged inside open() "...".
+    (
+        b'2024/05/01 12:34:56 [error] 4242#4242: *77 open() "/var/www/html/upstream timed out (110: Connection timed'
+        b' out) while reading response header from upstream, client: 1.2.3.4, server: x, request: "GET / HTTP/1.1",'
+        b' upstream: "fastcgi://unix:/run/php/ANY.sock:", host: "x"" failed (2: No such file or directory),'
+        b' client: 127.0.0.1, server: x, request: "GET /upstream%20timed%20out HTTP/1.1", host: "x"',
+        "none",
+        None,
+    ),
+    (
+        b'2024/05/01 12:34:56 [error] 4242#4242: *77 "/var/www/html/upstream timed out (110: x) while reading response'
+        b' header from upstream/index.html" is not found (2: No such file or directory), client: 127.0.0.1,'
+        b' server: x, request: "GET / HTTP/1.1", host: "x"',
+        "none",
+        None,
+    ),
     (ngx("upstream server temporarily disabled while connecting to upstream", level="warn"), "none", None),
     (
         ngx(

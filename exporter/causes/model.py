@@ -22,8 +22,10 @@ class Cause(StrEnum):
     """Stable cause names shared by metrics, alerts, dashboards and ``diagnose``."""
 
     PHP_FPM_DOWN = "php_fpm_down"
+    PHP_FPM_CONFIG_INVALID = "php_fpm_config_invalid"
     BACKEND_DOWN = "backend_down"
     BACKEND_UNHEALTHY = "backend_unhealthy"
+    DATABASE_DOWN = "database_down"
     SOCKET_PATH_MISMATCH = "socket_path_mismatch"
     SOCKET_PERMISSION_DENIED = "socket_permission_denied"
     PHP_FPM_POOL_EXHAUSTED = "php_fpm_pool_exhausted"
@@ -32,6 +34,20 @@ class Cause(StrEnum):
     DISK_FULL = "disk_full"
     NGINX_CONFIG_INVALID = "nginx_config_invalid"
     NGINX_DOWN = "nginx_down"
+    UPSTREAM_HEADER_TOO_BIG = "upstream_header_too_big"
+    PHP_FPM_WORKERS_CRASHING = "php_fpm_workers_crashing"
+    UPSTREAM_REQUEST_KILLED = "upstream_request_killed"
+    LISTEN_BACKLOG_FULL = "listen_backlog_full"
+    UPSTREAM_PROTOCOL_MISMATCH = "upstream_protocol_mismatch"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"
+    NGINX_CONNECTIONS_EXHAUSTED = "nginx_connections_exhausted"
+    SELINUX_DENIED = "selinux_denied"
+    UPSTREAM_HOST_NOT_FOUND = "upstream_host_not_found"
+
+
+UNEXPLAINED = "unexplained"
+"""The ``cause`` label of ``badgateway_cause`` for 502/504s that no cause explains (not a :class:`Cause`:
+it has no fix of its own, and the symptom alert pages for it)."""
 
 
 class Verdict(StrEnum):
@@ -134,6 +150,8 @@ class CauseSpec:
     decide: Decide = failing_findings
     latent_while_serving: bool = False
     """Nothing answers 502 yet while nginx still serves: it will on the next reload or restart."""
+    serving: str = "nginx"
+    """Whose serving keeps a ``latent_while_serving`` cause latent (``nginx``, ``php_fpm``, ``backend``)."""
 
     @property
     def runbooks(self) -> tuple[str, str]:

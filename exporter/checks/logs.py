@@ -9,11 +9,13 @@ Either way ``/metrics`` and the diagnosis read the same :class:`LogsResult` of t
 from __future__ import annotations
 
 import glob
+import time
 from dataclasses import dataclass
 
 from exporter.config import LogSettings
 from exporter.deadline import Deadline
 from exporter.logs.analyze import recent_from_settings
+from exporter.logs.episodes import Episode, index_of, line_epoch
 from exporter.logs.evidence import Evidence
 from exporter.logs.tailer import LogSnapshot, LogWatcher
 
@@ -31,6 +33,8 @@ class LogsResult:
     """The watcher's counters; None when run once, with no watcher."""
     recent: tuple[Evidence, ...]
     """The last upstream errors and PHP-FPM events, oldest first."""
+    episodes: tuple[Episode, ...] = ()
+    """What the logs said by kind and upstream or pool, with first and last time and count."""
 
 
 class LogsCheck:
@@ -41,13 +45,18 @@ class LogsCheck:
     def __init__(self, settings: LogSettings, watcher: LogWatcher | None) -> None:
         self._settings = settings
         self._watcher = watcher
-        self._patterns = (*settings.nginx, *settings.php_fpm)
+        self._patterns = (*settings.nginx, *settings.php_fpm, *settings.app)
 
     def run(self, deadline: Deadline) -> LogsResult:
         del deadline  # a copy of counters, or one read of at most 64 KiB per log
         if self._watcher is not None:
             snapshot = self._watcher.snapshot()
-            return LogsResult(self._patterns, tuple(sorted(snapshot.logs)), snapshot, self._watcher.recent())
+            watcher = self._watcher
+            return LogsResult(self._patterns, tuple(sorted(snapshot.logs)), snapshot, watcher.recent(),
+                              watcher.episodes())  # fmt: skip
         paths = tuple(sorted({path for pattern in self._patterns for path in glob.glob(pattern)}))
         recent = tuple(recent_from_settings(self._settings, limit=ONE_SHOT_LINES))
-        return LogsResult(self._patterns, paths, None, recent)
+        now = time.time()
+        window = self._settings.evidence_window_seconds
+        episodes = index_of(((e.key(), line_epoch(e.time, now), e.line) for e in recent), window).episodes()
+        return LogsResult(self._patterns, paths, None, recent, episodes)

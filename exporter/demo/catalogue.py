@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from exporter.causes import CAUSES, Cause
+from exporter.causes import Cause
+from exporter.demo.fault import Fault, FaultContext
 from exporter.demo.load import RequestLoop
-from exporter.demo.services import Component, FaultError, Services
-from exporter.demo.stack import Stack, wait_until
+from exporter.demo.log_faults import LOG_FAULTS
+from exporter.demo.postgres import Postgres, find_bindir
+from exporter.demo.services import Component, FaultError
+from exporter.demo.stack import Stack, StackError, http_status, wait_until
 
 __all__ = [
     "FAULTS",
@@ -39,37 +42,6 @@ _MAX_FILL_BYTES = 512 * 1024 * 1024  # never fill a filesystem larger than this
 FILL_FILE = "badgateway-fault-fill"
 OOM_LIMIT_BYTES = 64 * 1024 * 1024
 HOG_SCRIPT = "badgateway-hog.php"
-
-
-@dataclass
-class FaultContext:
-    """What a fault acts on: the stack's files, its services, and the disk under it."""
-
-    stack: Stack
-    services: Services
-    disk: Path | None = None  # mount point of a small filesystem holding the logs and the socket
-    original_max_children: int = 0
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.original_max_children:
-            self.original_max_children = self.stack.max_children
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One cause, injected for real and healed."""
-
-    name: str
-    cause: Cause
-    title: str
-    inject: Callable[[FaultContext], None]
-    heal: Callable[[FaultContext], None]
-    unavailable: Callable[[FaultContext], str | None] = lambda ctx: None
-
-    @property
-    def alert(self) -> str:
-        return CAUSES[self.cause].alert
 
 
 def _needs_root(ctx: FaultContext) -> str | None:
@@ -294,13 +266,76 @@ def _oom_heal(ctx: FaultContext) -> None:
         wait_until(removed, 15.0, f"{cgroup} to be empty and removed")
 
 
+_MAX_CHILDREN_LINE = re.compile(r"^pm\.max_children = \d+$", re.MULTILINE)
+
+
+def _php_fpm_config_break(ctx: FaultContext) -> None:
+    """A typo in the pool (``pm.max_children = abc``), then a restart: PHP-FPM cannot start again."""
+    conf = ctx.stack.php_fpm_conf
+    text = conf.read_text(encoding="utf-8")
+    broken = _MAX_CHILDREN_LINE.sub("pm.max_children = abc", text, count=1)
+    if broken == text:
+        raise FaultError(f"{conf}: no pm.max_children line to break")
+    ctx.services.stop("php_fpm")
+    conf.write_text(broken, encoding="utf-8")
+    try:
+        ctx.services.start("php_fpm")
+    except StackError:
+        return  # expected: php-fpm refuses the file
+    raise FaultError(f"PHP-FPM started with {conf} broken")
+
+
+def _php_fpm_config_heal(ctx: FaultContext) -> None:
+    ctx.stack.set_max_children(ctx.stack.max_children)  # the pool file from its template again
+    ctx.services.start("php_fpm")
+
+
+def _database_unavailable(ctx: FaultContext) -> str | None:
+    del ctx
+    return None if find_bindir() is not None else "PostgreSQL is not installed (Debian package postgresql-15)"
+
+
+def _database_stop(ctx: FaultContext) -> None:
+    """A real PostgreSQL behind the backend (DATABASE_URL in its EnvironmentFile), then stopped for real."""
+    postgres = Postgres()
+    ctx.state["postgres"] = postgres
+    postgres.start()
+    ctx.stack.backend_env_file.write_text(f"DATABASE_URL={postgres.url}\n", encoding="utf-8")
+    ctx.services.restart("backend")  # its /health checks the database from now on
+    wait_until(
+        lambda: http_status(ctx.stack.backend_port, "/health", 1.0) == 200, 15.0, "the backend's /health"
+    )
+    postgres.stop()
+
+
+def _database_heal(ctx: FaultContext) -> None:
+    postgres = ctx.state.pop("postgres", None)
+    if not isinstance(postgres, Postgres):
+        return
+    try:
+        postgres.start()
+        wait_until(
+            lambda: http_status(ctx.stack.backend_port, "/health", 1.0) == 200, 15.0, "the backend's /health"
+        )
+        ctx.stack.backend_env_file.unlink(missing_ok=True)
+        ctx.services.restart("backend")  # without a database again, as before the fault
+    finally:
+        postgres.close()
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("php_fpm_stopped", Cause.PHP_FPM_DOWN, "PHP-FPM stopped",
           lambda ctx: ctx.services.stop("php_fpm"), _start_again("php_fpm")),
     Fault("php_fpm_killed", Cause.PHP_FPM_DOWN, "PHP-FPM SIGKILLed (stale socket left behind)",
           lambda ctx: ctx.services.kill("php_fpm"), _start_again("php_fpm")),
+    Fault("php_fpm_config_broken", Cause.PHP_FPM_CONFIG_INVALID,
+          "pm.max_children = abc in the pool file, then PHP-FPM restarted (it cannot start)",
+          _php_fpm_config_break, _php_fpm_config_heal),
     Fault("backend_stopped", Cause.BACKEND_DOWN, "backend stopped",
           lambda ctx: ctx.services.stop("backend"), _start_again("backend")),
+    Fault("database_stopped", Cause.DATABASE_DOWN,
+          "PostgreSQL behind the backend (its /health checks it) stopped for real",
+          _database_stop, _database_heal, _database_unavailable),
     Fault("backend_unhealthy", Cause.BACKEND_UNHEALTHY, "backend /health answers 500",
           lambda ctx: ctx.stack.set_backend_health(500), lambda ctx: ctx.stack.set_backend_health(200)),
     Fault("socket_chowned_root", Cause.SOCKET_PERMISSION_DENIED, "PHP-FPM socket chowned root:root",
@@ -325,6 +360,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("oom_kill", Cause.MEMORY_EXHAUSTED, "a PHP worker OOM-killed in a memory-limited cgroup",
           _oom_inject, _oom_heal, _oom_unavailable),
 )  # fmt: skip
+
+FAULTS += LOG_FAULTS
 
 FAULTS_BY_NAME: dict[str, Fault] = {f.name: f for f in FAULTS}
 

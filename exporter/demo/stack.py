@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -264,6 +264,15 @@ def http_status(port: int, path: str, timeout: float = 5.0) -> int | None:
     return answer[0] if answer is not None else None
 
 
+def _env_file(path: Path) -> dict[str, str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    pairs = (line.partition("=") for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
 def _render(name: str, values: dict[str, str]) -> str:
     text = resources.files("exporter.demo").joinpath("templates", name).read_text(encoding="utf-8")
     for key, value in values.items():
@@ -297,6 +306,7 @@ class Stack:
         self.max_children = max_children
         self.request_terminate_timeout = request_terminate_timeout
         self.backend_extra_env = dict(backend_env or {})
+        self.pool_extra_lines: tuple[str, ...] = ()
 
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -308,6 +318,9 @@ class Stack:
         self.php_fpm_conf = self.root / "php-fpm.conf"
         self.web_root = self.root / "www"
         self.backend_log = self.root / "log" / "backend.log"
+        self.deny_connect_flag = self.root / "run" / "deny-tcp-connect"
+        self.selinux_root = self.root / "selinux"
+        """A stand-in for /sys/fs/selinux (SELinux cannot run here): empty unless a fault writes it."""
         self.worker_user: str | None = WORKER_USER if os.geteuid() == 0 else None
         self._check_paths()
 
@@ -403,7 +416,7 @@ class Stack:
                 **self._template_values,
                 "POOL_USER_LINES": self._pool_user_lines,
                 "PM_LINES": "\n".join(pm_lines),
-                "TERMINATE_LINE": terminate,
+                "TERMINATE_LINE": "\n".join((terminate, *self.pool_extra_lines)),
             },
         )
 
@@ -728,6 +741,18 @@ class Stack:
         """Put the good config back on disk."""
         self.nginx_conf.write_text(self._good_nginx_conf, encoding="utf-8")
 
+    def edit_nginx_config(self, replacements: Mapping[str, str]) -> None:
+        """Write the good config with each ``old -> new`` of ``replacements`` applied (each must occur).
+
+        Only the file changes: reload nginx to use it; :meth:`restore_nginx_config` puts it back.
+        """
+        text = self._good_nginx_conf
+        for old, new in replacements.items():
+            if old not in text:
+                raise StackError(f"{self.nginx_conf}: no {old!r} to replace")
+            text = text.replace(old, new)
+        self.nginx_conf.write_text(text, encoding="utf-8")
+
     def point_fastcgi_pass(self, address: str) -> None:
         """Write the config with ``fastcgi_pass`` aimed at ``address`` (e.g. ``unix:/run/php/php8.2-fpm.sock``).
 
@@ -746,6 +771,18 @@ class Stack:
         return self.socket_path.parent / f"php{version}-fpm.sock"
 
     # -- faults on files and settings (the running processes are left alone) ---------------------
+
+    def set_pool_lines(self, lines: Sequence[str]) -> None:
+        """Extra lines of the pool (``listen.backlog = 0``); take effect when PHP-FPM restarts."""
+        self.pool_extra_lines = tuple(lines)
+        self.php_fpm_conf.write_text(self._php_fpm_conf_text(), encoding="utf-8")
+
+    def write_script(self, name: str, text: str) -> Path:
+        """A PHP script in the web root, readable by the workers."""
+        path = self.web_root / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o644)
+        return path
 
     def set_max_children(self, max_children: int) -> None:
         """Rewrite the pool's ``pm.max_children``; takes effect when PHP-FPM restarts."""
@@ -775,8 +812,15 @@ class Stack:
         return [self.php_fpm_binary, "-F", "-y", str(self.php_fpm_conf)]
 
     def nginx_argv(self) -> list[str]:
-        """The nginx command line that :meth:`start_nginx` runs (``daemon off`` is in the config)."""
+        """The nginx command line that :meth:`start_nginx` runs (``daemon off`` is in the config).
+
+        Through :mod:`exporter.demo.deny_connect` where the kernel allows: while the file
+        :attr:`deny_connect_flag` exists, a (re)started nginx gets EACCES on every TCP connect, as
+        SELinux gives it when ``httpd_can_network_connect`` is off.
+        """
+        launcher = [sys.executable, "-m", "exporter.demo.deny_connect", str(self.deny_connect_flag), "--"]
         return [
+            *(launcher if os.uname().machine in ("x86_64", "aarch64") else []),
             self.nginx_binary,
             "-e",
             str(self.nginx_error_log),
@@ -797,8 +841,14 @@ class Stack:
         ]  # fmt: skip
 
     def backend_env(self) -> dict[str, str]:
-        """The extra environment of the backend (where its fault files are, and ``backend_env``)."""
-        return {**self.backend_extra_env, ROOT_ENV: str(self.root)}
+        """The extra environment of the backend (where its fault files are, ``backend_env``, and the
+        ``KEY=value`` lines of :attr:`backend_env_file`, read at each start as systemd's EnvironmentFile=)."""
+        return {**self.backend_extra_env, **_env_file(self.backend_env_file), ROOT_ENV: str(self.root)}
+
+    @property
+    def backend_env_file(self) -> Path:
+        """The backend's EnvironmentFile (absent: none); e.g. ``DATABASE_URL=postgresql://...``."""
+        return self.root / "backend" / "env"
 
     # -- exporter ---------------------------------------------------------------------------
 
@@ -824,12 +874,15 @@ class Stack:
                 "test_interval_seconds": 0.0,
                 "test_timeout_seconds": 5.0,
             },
+            # php-fpm -t of the stack's own file: every 30 s, and at once when the file changes.
+            "php_fpm_test": {"configs": [str(self.php_fpm_conf)]},
             "processes": {
                 "nginx": r"^nginx: master process .* -c " + re.escape(str(self.nginx_conf)) + r"(?:\s|$)",
                 "php_fpm": r"^php-fpm: master process \(" + re.escape(str(self.php_fpm_conf)) + r"\)",
                 "backend": r"\buvicorn\b.* --port " + str(self.backend_port) + r"\b",
             },
             "filesystems": [str(self.root / "run"), str(self.root / "log"), str(self.web_root)],
+            "selinux_root": str(self.selinux_root),
             # An OOM kill anywhere on the host counts: a minute, not ten, so a stack started right
             # after one (the demo's own OOM fault, a test) is not memory_exhausted for long.
             "thresholds": {"oom_kill_window_seconds": 60.0},

@@ -7,13 +7,18 @@ Each step (:mod:`exporter.diagnosis.steps`) reads the round and yields findings;
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from exporter.causes import CAUSES, Cause, Finding, Verdict
 from exporter.config import Config
 from exporter.diagnosis.context import StepContext
+from exporter.diagnosis.explain import explained, gateway_episodes, upstream_role
 from exporter.diagnosis.steps import STEPS
+from exporter.diagnosis.steps.log_causes import episodes_of
 from exporter.diagnosis.steps.probes import nginx_error_log
+from exporter.logs.episodes import Episode
 from exporter.rounds import RoundResults
 
 __all__ = [
@@ -42,10 +47,17 @@ class Diagnosis:
     """For each active cause, the findings that decided it (the first one's fix is the fix)."""
     latent: frozenset[Cause] = field(default_factory=frozenset)
     """Active causes that nothing answers 502/504 for yet (nginx -t fails while nginx still serves)."""
+    unexplained: tuple[Episode, ...] = ()
+    """nginx's current upstream errors that no active cause explains (``cause="unexplained"``)."""
 
     @property
     def healthy(self) -> bool:
-        return not self.causes and not self.gateway_errors
+        return not self.causes and not self.gateway_errors and not self.unexplained
+
+    @property
+    def is_unexplained(self) -> bool:
+        """502/504s now (the front probe's, or nginx's log lines) that no cause explains."""
+        return bool(self.unexplained) or bool(self.gateway_errors and not self.now)
 
     @property
     def now(self) -> frozenset[Cause]:
@@ -60,7 +72,7 @@ class Diagnosis:
     @property
     def exit_code(self) -> int:
         """0 healthy, 1 a cause of 502/504 now, 3 only problems for the next reload or restart."""
-        if self.now or self.gateway_errors:
+        if self.now or self.gateway_errors or self.unexplained:
             return EXIT_CAUSE_NOW
         if self.latent or self.latent_findings:
             return EXIT_LATENT_ONLY
@@ -83,18 +95,52 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
         for probe in results.http
         if probe.role == "front" and probe.gateway_error
     )
-    if gateway_errors and not evidence:
-        findings.append(_unexplained(gateway_errors, ctx))
-    serving = ctx.answering["nginx"] or bool(ctx.running["nginx"])
-    latent = frozenset(c for c in evidence if CAUSES[c].latent_while_serving and serving)
-    return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence, latent)
+    serving = {name: ctx.answering.get(name, False) or bool(ctx.running.get(name)) for name in ctx.answering}
+    latent = frozenset(
+        c for c in evidence if CAUSES[c].latent_while_serving and serving.get(CAUSES[c].serving, False)
+    )
+    unexplained = _unexplained_episodes(ctx, frozenset(evidence) - latent)
+    if (gateway_errors and not evidence) or unexplained:
+        findings.append(_unexplained(gateway_errors if not evidence else (), unexplained, ctx))
+    return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence, latent, unexplained)
 
 
-def _unexplained(gateway_errors: tuple[str, ...], ctx: StepContext) -> Finding:
+def _unexplained_episodes(ctx: StepContext, active: frozenset[Cause]) -> tuple[Episode, ...]:
+    """nginx's current upstream errors that no active cause explains."""
+    result = ctx.results.logs
+    if result is None:
+        return ()
+    now, window = time.time(), ctx.config.logs.evidence_window_seconds
+    left = []
+    for episode in gateway_episodes(episodes_of(result, window, now), now, window):
+        where = episode.key.where
+        role = upstream_role(ctx.config, where) if where else None
+        answering = ctx.answering.get(role, False) if role is not None else False
+        if not explained(episode, active, role, answering, now):
+            left.append(episode)
+    return tuple(left)
+
+
+SHOWN_UNEXPLAINED = 5
+
+
+def _unexplained(gateway_errors: tuple[str, ...], episodes: tuple[Episode, ...], ctx: StepContext) -> Finding:
+    counts = Counter[tuple[str, str]]()
+    for episode in episodes:
+        counts[episode.key.kind, episode.key.where] += episode.count
+    kinds = [f"{n} x {kind}" + (f" ({where})" if where else "")
+             for (kind, where), n in counts.most_common(SHOWN_UNEXPLAINED)]  # fmt: skip
+    newest = sorted(episodes, key=lambda e: e.last)[-SHOWN_UNEXPLAINED:]
+    evidence = (
+        *gateway_errors,
+        *((f"nginx logged, and no cause explains: {', '.join(kinds)}",) if kinds else ()),
+        *(f"{e.key.path}: {e.line}" for e in newest if e.line),
+        "unexplained: no cause identified by the probes or the logs",
+    )
     return Finding(
         "gateway_errors",
-        "nginx answers without gateway errors",
+        "nginx answers without gateway errors that no cause explains",
         Verdict.FAIL,
-        (*gateway_errors, "no cause identified by the probes: read the nginx error log"),
+        evidence,
         fix=(f"sudo tail -50 {nginx_error_log(ctx)}",),
     )

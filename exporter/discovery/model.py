@@ -52,6 +52,22 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Directive:
+    """One nginx directive's value where it is set (or nginx's built-in default, with its note)."""
+
+    name: str
+    value: str
+    origin: Origin
+
+    @property
+    def where(self) -> str:
+        """``FILE:LINE`` of the directive, or the note of the default."""
+        if self.origin.file:
+            return f"{self.origin.file}:{self.origin.line}" if self.origin.line else self.origin.file
+        return str(self.origin)
+
+
+@dataclass(frozen=True)
 class UpstreamTarget:
     """One place nginx sends requests to: a unix socket or ``host:port``."""
 
@@ -73,6 +89,8 @@ class Pass:
     listens: tuple[str, ...]
     location: str | None
     timeouts: tuple[Timeout, ...]
+    buffer_size: Directive | None = None
+    """The ``*_buffer_size`` in effect (the response headers must fit in it)."""
     unresolved: str | None = None  # why no target could be derived (variables, unknown upstream)
 
     def timeout(self, name: str) -> Timeout | None:
@@ -118,6 +136,15 @@ class NginxFacts:
     passes: tuple[Pass, ...] = ()
     listens: tuple[Listen, ...] = ()
     servers: tuple[Server, ...] = ()
+    limits: tuple[Directive, ...] = ()
+    """``worker_connections`` (events), ``worker_rlimit_nofile`` and ``worker_processes`` (main)."""
+    resolvers: tuple[Directive, ...] = ()
+    pid_file: tuple[str, Origin] | None = None
+    """nginx's ``pid`` file and its directive (None: no ``pid`` directive; nginx's built-in default)."""
+    """Every ``resolver`` directive, wherever it is set."""
+
+    def limit(self, name: str) -> Directive | None:
+        return next((d for d in self.limits if d.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -174,6 +201,8 @@ class PhpFpmFacts:
     problems: tuple[ConfigProblem, ...] = ()
     pools: tuple[PoolFacts, ...] = ()
     error_logs: tuple[tuple[str, Origin], ...] = ()
+    pid_files: tuple[tuple[str, Origin], ...] = ()
+    """Each ``php-fpm.conf``'s ``[global] pid`` (absolute) and its line; none when it sets none."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +220,13 @@ class Discovered:
         if self.php_fpm is None:
             return None
         return next((p for p in self.php_fpm.pools if p.listen == wanted), None)
+
+    def passes_to(self, address: str) -> tuple[Pass, ...]:
+        """Every ``*_pass`` that sends requests to ``address`` (``unix:PATH``, a path or ``host:port``)."""
+        wanted = listen_address(address.removeprefix("unix:"))
+        if self.nginx is None:
+            return ()
+        return tuple(p for p in self.nginx.passes if any(t.address == wanted for t in p.targets))
 
     def fastcgi_passes(self, address: str) -> tuple[Pass, ...]:
         """nginx ``fastcgi_pass`` directives that send requests to ``address``."""

@@ -23,6 +23,7 @@ import crossplane
 
 from exporter.discovery.model import (
     ConfigProblem,
+    Directive,
     Listen,
     NginxFacts,
     Origin,
@@ -94,6 +95,13 @@ class _Walk:
     passes: list[Pass] = field(default_factory=list)
     listens: list[Listen] = field(default_factory=list)
     servers: list[Server] = field(default_factory=list)
+    limits: list[Directive] = field(default_factory=list)
+    resolvers: list[Directive] = field(default_factory=list)
+
+
+_LIMITS = ("worker_connections", "worker_rlimit_nofile", "worker_processes")
+BUFFER_SIZE_DEFAULT = "4k|8k"
+"""nginx's default ``*_buffer_size``: one memory page."""
 
 
 def _real(path: str) -> str:
@@ -143,6 +151,8 @@ def discover_nginx(
         passes=tuple(walk.passes),
         listens=tuple(walk.listens),
         servers=tuple(walk.servers),
+        limits=tuple(walk.limits),
+        resolvers=tuple(walk.resolvers),
     )
 
 
@@ -340,6 +350,14 @@ def _walk_main(walk: _Walk, block: list[tuple[Stmt, str]]) -> None:
             walk.user = (args[0], _origin(stmt, file))
         elif name == "error_log" and args:
             _add_log(walk, args[0], _origin(stmt, file))
+        elif name in _LIMITS and args:
+            walk.limits.append(Directive(str(name), args[0], _origin(stmt, file)))
+        elif name == "events":
+            for inner, inner_file in _flatten(walk, stmt.get("block", []), file):
+                if inner.get("directive") in _LIMITS and _args(inner):
+                    walk.limits.append(
+                        Directive(str(inner["directive"]), _args(inner)[0], _origin(inner, inner_file))
+                    )
     for stmt, file in block:
         if stmt.get("directive") == "http":
             http = _flatten(walk, stmt.get("block", []), file)
@@ -399,8 +417,11 @@ def _scope_directives(walk: _Walk, block: list[tuple[Stmt, str]], scope: _Scope,
     """Put the block's own ``*_timeout`` and ``server_name`` into ``scope``; add its error logs."""
     for stmt, file in block:
         name, args = str(stmt.get("directive")), _args(stmt)
-        if name.endswith("_timeout") and args and name.split("_", 1)[0] in PASS_DIRECTIVES.values():
+        passing = name.split("_", 1)[0] in PASS_DIRECTIVES.values()
+        if (name.endswith("_timeout") or name.endswith("_buffer_size")) and args and passing:
             scope.values[name] = (args[0], _origin(stmt, file))
+        elif name == "resolver" and args:
+            walk.resolvers.append(Directive(name, " ".join(args), _origin(stmt, file)))
         elif name == "error_log" and args:
             _add_log(walk, args[0], _origin(stmt, file))
         elif name == "server_name" and context == "server":
@@ -484,6 +505,15 @@ def _pass(walk: _Walk, directive: str, raw: str, origin: Origin, scope: _Scope) 
                 Timeout(name, DEFAULT_TIMEOUT_SECONDS, Origin("default", note=f"nginx default, no {name}"))
             )
     scheme, targets, unresolved = _resolve(walk, directive, raw, origin)
+    buffer_name = f"{kind}_buffer_size"
+    found_buffer = scope.values.get(buffer_name)
+    buffer_size = (
+        Directive(buffer_name, found_buffer[0], found_buffer[1])
+        if found_buffer
+        else Directive(
+            buffer_name, BUFFER_SIZE_DEFAULT, Origin("default", note=f"nginx default, no {buffer_name}")
+        )
+    )
     return Pass(
         directive=directive,
         raw=raw,
@@ -494,6 +524,7 @@ def _pass(walk: _Walk, directive: str, raw: str, origin: Origin, scope: _Scope) 
         listens=scope.listens,
         location=scope.location,
         timeouts=tuple(timeouts),
+        buffer_size=buffer_size,
         unresolved=unresolved,
     )
 

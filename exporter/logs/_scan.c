@@ -3,7 +3,9 @@
  *
  * scan_nginx(block, max_line) cuts ``block`` into lines and, for every line that mentions
  * "upstream", extracts the same key as exporter.logs.classify.nginx_key(): the message between
- * "*CID " and ", client: ", and the upstream field's address part.  It classifies nothing; the
+ * "*CID " and ", client: ", and the upstream field's address part.  Lines without a key that
+ * mention "upstream" or "could not be resolved" (a resolver failure has no upstream field) are
+ * returned whole.  It classifies nothing; the
  * kinds are decided in Python, once per distinct key.  Keep the two in step: the tests compare
  * them on generated and real lines.
  */
@@ -243,7 +245,8 @@ scan_nginx(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             }
         }
-        else if (find(pos, end_of_line, "upstream", 8, 0) != NULL) {
+        else if (find(pos, end_of_line, "upstream", 8, 0) != NULL
+                 || find(pos, end_of_line, "could not be resolved", 21, 18) != NULL) {
             PyObject *line = PyBytes_FromStringAndSize(pos, end_of_line - pos);
             if (line == NULL) {
                 goto error;

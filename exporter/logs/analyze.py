@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from exporter.config import LogSettings
+from exporter.config import LogSettings, printable
 from exporter.logs.classify import (
     NONE,
     Source,
@@ -27,6 +27,9 @@ from exporter.logs.tailer import OTHER, UNKNOWN, LineSplitter
 READ_BYTES = 1 << 20
 MAX_DISTINCT = 1000
 """Distinct upstreams/pools kept by ``analyze`` before the rest count as ``other``."""
+MAX_MINUTES = 10_000
+"""Distinct minutes counted by ``analyze`` (about a week of errors every minute): beyond it, the
+quietest half is dropped, so the busiest minutes stay exact unless a dropped minute comes back."""
 
 
 class AnalyzeError(Exception):
@@ -90,6 +93,7 @@ class _Part:
     by_where: dict[str, _Seen] = field(default_factory=dict)
     by_pair: dict[tuple[str, str], _Seen] = field(default_factory=dict)
     minutes: dict[str, dict[str, int]] = field(default_factory=dict)
+    minutes_dropped: bool = False
     distinct: set[str] = field(default_factory=set)
 
     def add(self, what: str, where: str | None, when: str | None) -> None:
@@ -107,6 +111,14 @@ class _Part:
         if when is not None:
             minute = self.minutes.setdefault(when[:16], {})
             minute[what] = minute.get(what, 0) + 1
+            if len(self.minutes) > MAX_MINUTES:
+                self._drop_quiet_minutes()
+
+    def _drop_quiet_minutes(self) -> None:
+        """Keep the busiest half of :data:`MAX_MINUTES` minutes; the summary stays bounded."""
+        kept = sorted(self.minutes.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+        self.minutes = dict(kept[: MAX_MINUTES // 2])
+        self.minutes_dropped = True
 
     def as_dict(self, top: int) -> dict[str, Any]:
         busiest = sorted(self.minutes.items(), key=lambda item: (-sum(item[1].values()), item[0]))[:top]
@@ -151,48 +163,86 @@ def analyze(paths: list[str], source: Source | None = None) -> Analysis:
     """Read every file (plain or gzip) and summarise its upstream errors / PHP-FPM events.
 
     ``source`` None guesses per file from its first 64 KiB. Raises :class:`AnalyzeError`.
+    A compressed file that ends early or is corrupt further on is reported with what was read
+    before (its entry has ``error``); one that cannot be opened or read at all raises.
     """
     result = Analysis()
     for path in paths:
+        progress = [0]
         try:
             with open_log(path) as handle:
-                kind = source or detect_source(handle.read(64 * 1024))
+                kind = source or detect_source(_head(handle))
                 handle.seek(0)
-                lines = _analyze_stream(handle, kind, result)
-        except (OSError, EOFError, zlib.error) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise AnalyzeError(f"cannot read {path}: {reason}") from None
-        result.files.append({"path": path, "source": kind, "lines": lines})
+                error = _analyze_stream(handle, kind, result, progress)
+        except OSError as exc:
+            raise AnalyzeError(f"cannot read {path}: {_reason(exc)}") from None
+        entry: dict[str, Any] = {"path": path, "source": kind, "lines": progress[0]}
+        if error is not None:
+            entry["error"] = f"{error}: read up to line {progress[0]:,} only"
+        result.files.append(entry)
     return result
 
 
-def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis) -> int:
-    count = 0
+_BROKEN = (EOFError, zlib.error, gzip.BadGzipFile)
+"""What a truncated or corrupt compressed file raises partway through."""
+
+
+def _head(handle: IO[bytes], size: int = 64 * 1024) -> bytes:
+    """The first ``size`` bytes, or as many as a truncated compressed file gives."""
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        while got < size and (chunk := handle.read(min(8192, size - got))):
+            chunks.append(chunk)
+            got += len(chunk)
+    except _BROKEN:
+        pass
+    return b"".join(chunks)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis, progress: list[int]) -> str | None:
+    """Add the lines of ``stream`` to ``result``; ``progress[0]``: lines read. The reason the read
+    stopped early (a truncated or corrupt compressed file), else None."""
     part = result.nginx if source == "nginx" else result.php_fpm
-    for lines in iter_lines(stream):
-        count += len(lines)
-        if source == "nginx":
-            for line in lines:
-                if b"upstream" not in line:
-                    continue
-                found: dict[tuple[str, str | None], int] = {}
-                if tally_nginx((line,), found):
-                    ((kind, upstream),) = found
-                    part.add(kind, upstream, line_time(line))
-        else:
-            for line in lines:
-                event, pool, _signal = classify_phpfpm(line)
-                if event != NONE:
-                    part.add(event, pool, line_time(line))
-    part.lines += count
-    return count
+    add = _add_nginx if source == "nginx" else _add_phpfpm
+    try:
+        for lines in iter_lines(stream):
+            progress[0] += len(lines)
+            part.lines += len(lines)
+            add(part, lines)
+    except _BROKEN as exc:
+        return _reason(exc)
+    return None
+
+
+def _add_nginx(part: _Part, lines: list[bytes]) -> None:
+    for line in lines:
+        if b"upstream" not in line:
+            continue
+        found: dict[tuple[str, str | None], int] = {}
+        if tally_nginx((line,), found):
+            ((kind, upstream),) = found
+            part.add(kind, upstream, line_time(line))
+
+
+def _add_phpfpm(part: _Part, lines: list[bytes]) -> None:
+    for line in lines:
+        event, pool, _signal = classify_phpfpm(line)
+        if event != NONE:
+            part.add(event, pool, line_time(line))
 
 
 def format_text(analysis: Analysis, top: int = 5) -> str:
     """The readable summary printed by ``logs analyze``."""
     out: list[str] = []
     for entry in analysis.files:
-        out.append(f"{entry['path']}: {entry['source']}, {entry['lines']:,} lines")
+        out.append(f"{printable(entry['path'])}: {entry['source']}, {entry['lines']:,} lines")
+        if "error" in entry:
+            out.append(f"  incomplete: {printable(entry['error'])}")
     for title, part in (("nginx upstream errors", analysis.nginx), ("PHP-FPM events", analysis.php_fpm)):
         if part.lines == 0:
             continue
@@ -202,24 +252,29 @@ def format_text(analysis: Analysis, top: int = 5) -> str:
         out.append(f"{title}: {total.count:,} in {part.lines:,} lines{span}")
         if total.count == 0:
             continue
+        # Upstreams, pools and times come from the log lines: control characters are shown
+        # escaped (\x1b), never sent to the terminal.
         top_pair, seen = _by_count(part.by_pair)[0]
         share = 100.0 * seen.count / total.count
-        out.append(f"  most: {top_pair[0]} ({part.where} {top_pair[1]}), {seen.count:,} = {share:.0f}%")
+        out.append(
+            f"  most: {top_pair[0]} ({part.where} {printable(top_pair[1])}), {seen.count:,} = {share:.0f}%"
+        )
         for heading, table in ((f"by {part.what}", part.by_what), (f"by {part.where}", part.by_where)):
             out.append(f"  {heading}:")
             for name, seen in _by_count(table):
-                out.append(
-                    f"    {name:<36} {seen.count:>10,}  first {seen.first or '-'}  last {seen.last or '-'}"
-                )
+                first, last = printable(seen.first or "-"), printable(seen.last or "-")
+                out.append(f"    {printable(name):<36} {seen.count:>10,}  first {first}  last {last}")
         out.append(f"  by {part.what} and {part.where}:")
         for (what, where), seen in _by_count(part.by_pair)[: max(top * 4, 10)]:
-            out.append(f"    {what:<22} {where:<36} {seen.count:>10,}")
+            out.append(f"    {what:<22} {printable(where):<36} {seen.count:>10,}")
         busiest = part.as_dict(top)["busiest_minutes"]
         if busiest:
-            out.append("  busiest minutes:")
+            out.append(
+                "  busiest minutes:" + (" (of the busiest minutes kept)" if part.minutes_dropped else "")
+            )
             for minute in busiest:
                 detail = ", ".join(f"{k} {v:,}" for k, v in minute[f"by_{part.what}"].items())
-                out.append(f"    {minute['minute']}  {minute['count']:>8,}  ({detail})")
+                out.append(f"    {printable(minute['minute'])}  {minute['count']:>8,}  ({detail})")
     if all(part.total.count == 0 for part in (analysis.nginx, analysis.php_fpm)):
         out.append("")
         out.append("no upstream errors and no PHP-FPM events found")
@@ -252,7 +307,7 @@ def recent(
 def recent_from_settings(settings: LogSettings, max_bytes: int = 65536, limit: int = 20) -> list[Evidence]:
     """:func:`recent` over every configured log, merged by time (oldest first); unreadable logs skipped."""
     found: list[Evidence] = []
-    for patterns, source in ((settings.nginx, "nginx"), (settings.php_fpm, "php-fpm")):
+    for patterns, source in ((settings.nginx, "nginx"), (settings.php_fpm, "php-fpm"), (settings.app, "app")):
         for pattern in patterns:
             for path in sorted(glob.glob(pattern)):
                 try:

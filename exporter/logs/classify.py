@@ -26,7 +26,10 @@ CONNECTION_RESET: Final = "connection_reset"
 NO_LIVE_UPSTREAMS: Final = "no_live_upstreams"
 HEADER_TOO_BIG: Final = "header_too_big"
 INVALID_HEADER: Final = "invalid_header"
+PROTOCOL_MISMATCH: Final = "protocol_mismatch"
 SSL_HANDSHAKE_FAILED: Final = "ssl_handshake_failed"
+CONNECTIONS_EXHAUSTED: Final = "connections_exhausted"
+HOST_NOT_FOUND: Final = "host_not_found"
 OTHER_UPSTREAM: Final = "other_upstream"
 NONE: Final = "none"
 
@@ -42,7 +45,10 @@ KINDS: Final[tuple[str, ...]] = (
     NO_LIVE_UPSTREAMS,
     HEADER_TOO_BIG,
     INVALID_HEADER,
+    PROTOCOL_MISMATCH,
     SSL_HANDSHAKE_FAILED,
+    CONNECTIONS_EXHAUSTED,
+    HOST_NOT_FOUND,
     OTHER_UPSTREAM,
     NONE,
 )
@@ -55,6 +61,7 @@ CHILD_KILLED: Final = "child_killed"
 EXECUTION_TIMEOUT: Final = "execution_timeout"
 BUSY: Final = "busy"
 BIND_ERROR: Final = "bind_error"
+CONFIG_ERROR: Final = "config_error"
 
 EVENTS: Final[tuple[str, ...]] = (
     MAX_CHILDREN_REACHED,
@@ -62,6 +69,7 @@ EVENTS: Final[tuple[str, ...]] = (
     EXECUTION_TIMEOUT,
     BUSY,
     BIND_ERROR,
+    CONFIG_ERROR,
     NONE,
 )
 """Every value :func:`classify_phpfpm` can return as ``event``."""
@@ -78,6 +86,8 @@ _ERRNO_KIND: Final[dict[bytes, str]] = {
     b"11": BACKLOG_FULL,
     b"111": CONNECTION_REFUSED,
     b"104": CONNECTION_RESET,
+    b"24": CONNECTIONS_EXHAUSTED,
+    b"99": CONNECTIONS_EXHAUSTED,
 }
 # Errnos that name the cause only when the failing call is connect(): open() of a temp file
 # failing with 13 while reading upstream is nginx's own problem, not the upstream's.
@@ -88,7 +98,6 @@ _NOT_FAILURES: Final[tuple[bytes, ...]] = (
     b"client prematurely closed",
     b"client closed",
     b"buffered to a temporary file",
-    b"worker_connections are not enough",
     b"temporarily disabled",
     b"limiting requests",
     b"limiting connections",
@@ -116,7 +125,7 @@ def classify_nginx(line: bytes) -> tuple[str, str | None]:
     failure (``kind == "none"``).
     """
     line = line.rstrip(b"\r\n")
-    if b"upstream" not in line:
+    if b"upstream" not in line and b"could not be resolved" not in line:
         return NONE, None
     key = nginx_key(line)
     return _classify_general(line) if key is None else classify_key(*key)
@@ -159,7 +168,11 @@ def classify_key(message: bytes, upstream: bytes) -> tuple[str, str | None]:
     cached = _key_cache.get(key)
     if cached is not None:
         return cached
-    kind = _message_kind(message, len(message))
+    kind = _message_kind(message, 0, len(message))
+    if kind is NONE or kind is OTHER_UPSTREAM:
+        spaced = _respaced(message)
+        if spaced is not None:
+            kind = _message_kind(spaced, 0, len(spaced))
     value = (NONE, None) if kind is NONE else (kind, upstream_address(upstream) or _connect_address(message))
     if len(message) + len(upstream) <= _CACHED_KEY_BYTES:
         if len(_key_cache) >= _CACHE_LIMIT:
@@ -177,7 +190,7 @@ def tally_nginx(lines: Iterable[bytes], counts: dict[tuple[str, str | None], int
     keyed: dict[NginxKey, int] = {}
     other: list[bytes] = []
     for line in lines:
-        if b"upstream" not in line:
+        if b"upstream" not in line and b"could not be resolved" not in line:
             continue
         key = nginx_key(line)
         if key is None:
@@ -278,13 +291,18 @@ def _connect_address(message: bytes) -> str | None:
 
 
 def _classify_general(line: bytes) -> tuple[str, str | None]:
-    """Classify a line of any shape (Docker JSON, no client field, cut short) by its content."""
-    end = line.find(b", client: ")
+    """Classify a line of any shape (Docker JSON, no client field, cut short, re-spaced) by its content."""
+    start = message_start(line)
+    end = line.find(b", client: ", start)
     if end < 0:
         end = len(line)
-    kind = _message_kind(line, end)
-    if kind is NONE:
-        return NONE, None
+    kind = _message_kind(line, start, end)
+    if kind is NONE or kind is OTHER_UPSTREAM:
+        spaced = _respaced(line)
+        if spaced is not None:
+            return _classify_general(spaced)
+        if kind is NONE:
+            return NONE, None
     # The upstream: "..." field follows client/server/request, all written by nginx; taking the
     # first occurrence after the message keeps a hostile referrer from choosing the label.
     return kind, _field_address(line, end) or _connect_address(line[:end])
@@ -329,6 +347,8 @@ def _upstream_sent_kind(find: BytesFind, message: bytes, i: int) -> str:
     """``upstream sent ...``: a too big header, an invalid one, or something else it should not."""
     if find(b"too big header", i) >= 0:
         return HEADER_TOO_BIG
+    if find(b"no valid HTTP", i) >= 0 or find(b"unsupported FastCGI protocol", i) >= 0:
+        return PROTOCOL_MISMATCH  # proxy_pass at a FastCGI server, fastcgi_pass at an HTTP one ("H" is 72)
     if find(b"invalid", i) >= 0 or find(b"no valid", i) >= 0:
         return INVALID_HEADER
     return _other_upstream_kind(find)
@@ -346,21 +366,41 @@ _MESSAGE_KINDS: Final[tuple[tuple[bytes, str | KindDecider], ...]] = (
     # FastCGI stderr: PHP's own output ("Primary script unknown", PHP warnings), may say anything.
     (b"sent in stderr", NONE),
     (b"upstream timed out", _timed_out_kind),
+    (b"worker_connections are not enough", CONNECTIONS_EXHAUSTED),
+    (b"could not be resolved", HOST_NOT_FOUND),
+    (b"host not found in upstream", HOST_NOT_FOUND),
+    (b"upstream SSL certificate", SSL_HANDSHAKE_FAILED),
     (b"handshak", _ssl_handshake_kind),
     (b"failed (", _failed_call_kind),
     (b"upstream prematurely closed", PREMATURE_CLOSE),
     (b"no live upstreams", NO_LIVE_UPSTREAMS),
     (b"upstream sent ", _upstream_sent_kind),
     *((phrase, NONE) for phrase in _NOT_FAILURES),
+    (b"(", lambda find, message, i: _errno_kind(message)),
     *((phrase, OTHER_UPSTREAM) for phrase in _UPSTREAM_CONTEXT),
 )
 """``(phrase, kind or decider)``, walked in order: the first row whose phrase the message holds
 names its kind, or its decider does (a decider returning None walks on). No row: ``none``."""
 
 
-def _message_kind(line: bytes, end: int) -> str:
-    """The kind named by ``line[:end]``, nginx's message (and whatever precedes it)."""
-    message = line[:end]  # the same object when end == len(line); find(phrase) beats find(phrase, 0, end)
+def message_start(line: bytes) -> int:
+    """Where nginx's message starts: after ``PID#TID: *CID `` when the line has it, else 0."""
+    p = line.find(b": *", 0, 512)
+    if p < 0:
+        return 0
+    space = line.find(b" ", p + 3, p + 24)
+    return space + 1 if space > 0 and line[p + 3 : space].isdigit() else 0
+
+
+def _message_kind(line: bytes, start: int, end: int) -> str:
+    """The kind named by nginx's message ``line[start:end]``, read up to its first quote.
+
+    nginx quotes everything a client chose (a path in ``open() "..." failed``, a header, the request):
+    the words before the first quote are nginx's own, so a request path that contains the text of an
+    upstream error never makes a line that error.
+    """
+    quote = line.find(b'"', start, end)
+    message = line[start : quote if quote >= 0 else end] if start or quote >= 0 or end < len(line) else line
     find = message.find
     for phrase, kind in _MESSAGE_KINDS:
         i = find(phrase)
@@ -371,6 +411,31 @@ def _message_kind(line: bytes, end: int) -> str:
             if decided is not None:
                 return decided
     return NONE
+
+
+_ERRNO_RE: Final = re.compile(rb"\((\d{1,3}): [A-Z][a-z]")
+_SPACES_RE: Final = re.compile(rb"(?:[ \t\r\n\v\f]|\xc2\xa0|\xe2\x80[\x80-\x8b\xaf]|\xe3\x80\x80)+")
+
+
+def _errno_kind(message: bytes) -> str | None:
+    """A line cut at its start (no ``connect()``, no ``upstream timed out``): its errno and context."""
+    m = _ERRNO_RE.search(message)
+    if m is None or message.find(b"upstream", m.end()) < 0:
+        return None
+    errno = m.group(1)
+    connecting = message.find(b"connect", 0) >= 0
+    if errno == b"110":
+        return CONNECT_TIMEOUT if message.find(b"while connecting") >= 0 else READ_TIMEOUT
+    if errno in _CONNECT_ONLY and not connecting:
+        return OTHER_UPSTREAM
+    return _ERRNO_KIND.get(errno, OTHER_UPSTREAM)
+
+
+def _respaced(line: bytes) -> bytes | None:
+    """``line`` with every run of spaces (tabs, newlines, no-break and ideographic spaces) as one space,
+    or None when it has none to change: a line pasted through a translator or re-wrapped."""
+    spaced = _SPACES_RE.sub(b" ", line).strip()
+    return None if spaced == line else spaced
 
 
 def upstream_address(raw: bytes) -> str | None:
@@ -451,7 +516,16 @@ def classify_phpfpm(line: bytes) -> tuple[str, str | None, str | None]:
         return BUSY, pool, None
     if find(b"unable to bind listening socket", 0, end) >= 0:
         return BIND_ERROR, pool, None
+    if _CONFIG_ERROR_RE.search(line, 0, end) is not None:
+        return CONFIG_ERROR, pool, None
     return NONE, pool, None
+
+
+_CONFIG_ERROR_RE: Final = re.compile(
+    rb"ERROR: (?:\[[^\]\s]+:\d+\] |FPM initialization failed|failed to load configuration file"
+    rb"|failed to post process the configuration|Unable to include )"
+)
+"""``ERROR: [/etc/php/8.2/fpm/pool.d/www.conf:127] unable to parse value ...`` and its consequences."""
 
 
 # -- timestamps and source detection (offline paths only) ------------------------------------

@@ -26,6 +26,11 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
         "Lines read from a PHP-FPM log, by pool and event (none: any other line).",
         labels=["log", "pool", "event"],
     )
+    app_events = CounterMetricFamily(
+        "badgateway_backend_log_events",
+        "Lines read from the backend's own log (gunicorn, uvicorn), by event (none: any other line).",
+        labels=["log", "event"],
+    )
     rotations = CounterMetricFamily(
         "badgateway_log_rotations",
         "Times a tailed log was rotated (renamed, truncated, deleted or replaced).",
@@ -47,6 +52,9 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
             lines.add_metric([path], c.lines)
             for (kind, upstream), n in sorted(c.upstream_errors.items()):
                 errors.add_metric([path, kind, upstream], n)
+        elif c.source == "app":
+            for (_pool, event), n in sorted(c.phpfpm_events.items()):
+                app_events.add_metric([path, event], n)
         else:
             for (pool, event), n in sorted(c.phpfpm_events.items()):
                 events.add_metric([path, pool, event], n)
@@ -56,6 +64,7 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
     yield errors
     yield lines
     yield events
+    yield app_events
     yield rotations
     yield read_errors
     yield lag

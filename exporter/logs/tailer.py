@@ -21,17 +21,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from exporter.causes import Cause
 from exporter.config import LogSettings
 from exporter.logs.classify import (
     MAX_LINE_BYTES,
     NONE,
     Block,
-    Source,
     classify_phpfpm,
+    line_time,
     split_block,
     tally_nginx_block,
 )
+from exporter.logs.episodes import Episode, EpisodeIndex, EpisodeKey, line_epoch
 from exporter.logs.evidence import Evidence, evidence_of
+from exporter.logs.lines import classify_app, nginx_cause, phpfpm_cause
+
+Source = Literal["nginx", "php-fpm", "app"]
+"""What writes a tailed log: nginx, PHP-FPM, or the backend (gunicorn, uvicorn) into its own file."""
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,8 @@ class LogCounters:
     upstream_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """``(kind, upstream)`` -> count, nginx logs only; ``kind`` is never ``none``."""
     phpfpm_events: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """``(pool, event)`` -> count, PHP-FPM logs only; ``pool`` is ``""`` when the line has none."""
+    """``(pool, event)`` -> count, PHP-FPM and backend logs; ``pool`` is ``""`` when the line has none
+    (always, in a backend's log)."""
     rotations: int = 0
     read_errors: int = 0
     lag_bytes: int = 0
@@ -244,6 +251,7 @@ class LogWatcher:
         self._stopped = False
         self._buffer = bytearray(IDLE_CHUNK_BYTES)
         self._recent: deque[Evidence] = deque(maxlen=RECENT_LINES)
+        self._episodes = EpisodeIndex(settings.evidence_window_seconds)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -286,6 +294,10 @@ class LogWatcher:
         """The last upstream errors and PHP-FPM events read, oldest first; no file I/O."""
         with self._lock:
             return tuple(self._recent)
+
+    def episodes(self) -> tuple[Episode, ...]:
+        """What the logs said, by kind and upstream or pool, since when and until when; no file I/O."""
+        return self._episodes.episodes()
 
     def poll_once(self) -> None:
         """One polling round in the calling thread: find files, read what is new, count it.
@@ -336,6 +348,7 @@ class LogWatcher:
     def _scan(self) -> None:
         patterns: list[tuple[str, Source]] = [(p, "nginx") for p in self.settings.nginx]
         patterns += [(p, "php-fpm") for p in self.settings.php_fpm]
+        patterns += [(p, "app") for p in self.settings.app]
         for pattern, source in patterns:
             paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             for path in paths:
@@ -500,19 +513,41 @@ class LogWatcher:
         if tail.source == "nginx":
             found: dict[tuple[str, str | None], int] = {}
             lines = tally_nginx_block(block, found)
-            self._merge_nginx(tail.path, lines, found)
+            labelled = self._merge_nginx(tail.path, lines, found)
             if found:
+                when = _block_time(block)
+                for (kind, label, cause), n in labelled.items():
+                    self._episodes.add(EpisodeKey(tail.path, "nginx", kind, label, cause), when, n)
                 self._keep_evidence(tail, block)
         else:
-            events: dict[tuple[str | None, str], int] = {}
-            split = split_block(block)
-            for line in split:
-                event, pool, _signal = classify_phpfpm(line)
-                key = (pool, event)
-                events[key] = events.get(key, 0) + 1
-            self._merge_phpfpm(tail.path, len(split), events)
-            if any(event != NONE for _pool, event in events):
-                self._keep_evidence(tail, block)
+            self._count_events(tail, block)
+
+    def _count_events(self, tail: _Tail, block: Block) -> None:
+        """A PHP-FPM or backend log: every line classified, each event an episode's line."""
+        events: dict[tuple[str | None, str], int] = {}
+        split = split_block(block)
+        found: list[tuple[str | None, str, Cause | None, bytes]] = []
+        for line in split:
+            if tail.source == "app":
+                pool: str | None = None
+                event, cause = classify_app(line)
+            else:
+                event, pool, signal = classify_phpfpm(line)
+                cause = phpfpm_cause(event, signal) if event != NONE else None
+            key = (pool, event)
+            events[key] = events.get(key, 0) + 1
+            if event != NONE:
+                found.append((pool, event, cause, line))
+        pools = self._merge_phpfpm(tail.path, len(split), events)
+        if not found:
+            return
+        now = time.time()
+        for pool, event, cause, line in found:
+            label = pools.get(pool, "")
+            text = line.decode("utf-8", "replace")
+            self._episodes.add(EpisodeKey(tail.path, tail.source, event, label, cause),
+                               line_epoch(line_time(line), now), 1, text)  # fmt: skip
+        self._keep_evidence(tail, block)
 
     def _keep_evidence(self, tail: _Tail, block: Block) -> None:
         """The last lines of ``block`` that are evidence, for :meth:`recent` (only blocks that have some).
@@ -538,9 +573,26 @@ class LogWatcher:
         )
         with self._lock:
             self._recent.extend(reversed(found))
+            upstreams = set(self._counters[tail.path].upstreams) if tail.source == "nginx" else set()
+        if tail.source == "nginx":
+            noted: set[EpisodeKey] = set()
+            for evidence in found:  # newest first: each episode's most recent line
+                label = (
+                    evidence.upstream
+                    if evidence.upstream in upstreams
+                    else (OTHER if evidence.upstream else UNKNOWN)
+                )
+                key = evidence.key(label)
+                if key not in noted:
+                    noted.add(key)
+                    self._episodes.note_line(key, evidence.line)
 
-    def _merge_nginx(self, path: str, lines: int, found: Mapping[tuple[str, str | None], int]) -> None:
+    def _merge_nginx(
+        self, path: str, lines: int, found: Mapping[tuple[str, str | None], int]
+    ) -> dict[tuple[str, str, Cause | None], int]:
+        """Add to the counters; the counts by ``(kind, bounded upstream label, cause)``."""
         limit = self.settings.max_upstreams
+        labelled: dict[tuple[str, str, Cause | None], int] = {}
         with self._lock:
             c = self._counters[path]
             c.lines += lines
@@ -548,15 +600,24 @@ class LogWatcher:
                 label = _bounded(c.upstreams, upstream, limit, UNKNOWN)
                 key = (kind, label)
                 c.errors[key] = c.errors.get(key, 0) + n
+                cause_key = (kind, label, nginx_cause(kind, upstream))
+                labelled[cause_key] = labelled.get(cause_key, 0) + n
+        return labelled
 
-    def _merge_phpfpm(self, path: str, lines: int, events: Mapping[tuple[str | None, str], int]) -> None:
+    def _merge_phpfpm(
+        self, path: str, lines: int, events: Mapping[tuple[str | None, str], int]
+    ) -> dict[str | None, str]:
+        """Add to the counters; each pool's bounded label."""
         limit = self.settings.max_upstreams
+        labels: dict[str | None, str] = {}
         with self._lock:
             c = self._counters[path]
             c.lines += lines
             for (pool, event), n in events.items():
-                key = (_bounded(c.pools, pool, limit, ""), event)
+                label = labels.setdefault(pool, _bounded(c.pools, pool, limit, ""))
+                key = (label, event)
                 c.events[key] = c.events.get(key, 0) + n
+        return labels
 
     # -- rotation -----------------------------------------------------------------------------
 
@@ -726,6 +787,12 @@ def _bounded(seen: set[str], value: str | None, limit: int, missing: str) -> str
         seen.add(value)
         return value
     return OTHER
+
+
+def _block_time(block: Block) -> float:
+    """When a block of nginx lines was written: the time in its last line (they are in order)."""
+    end = bytes(block[-1024:]).rstrip(b"\n")
+    return line_epoch(line_time(end[end.rfind(b"\n") + 1 :]), time.time())
 
 
 def _starts_with(path: str, head: bytes) -> bool:

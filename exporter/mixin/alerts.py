@@ -17,7 +17,9 @@ from exporter.causes import SPECS, CauseSpec
 from exporter.causes.model import Severity
 from exporter.mixin.settings import MixinError, Settings, parse_duration
 from exporter.mixin.templates import (
+    DEFAULT_SCOPE,
     INSTANCE,
+    Scope,
     fill,
     first,
     first_label,
@@ -64,7 +66,7 @@ class LabelTemplate:
 
 
 def _recent_oom_kill(s: Settings) -> str:
-    recent = query(f"increase(badgateway_oom_kills_total{{instance=%q}}[{s.oom_window}]) > 0")
+    recent = query(f"increase(badgateway_oom_kills_total{{instance=%q}}[{s.oom_window}]) > 0", scope=s.scope)
     return f"{{{{ with {recent} }}}}recent{{{{ else }}}}none{{{{ end }}}}"
 
 
@@ -95,14 +97,14 @@ def cause_expr(spec: CauseSpec) -> str:
     return f'max by (instance) (badgateway_cause{{cause="{spec.cause.value}"}}) == 1'
 
 
-def cause_description(spec: CauseSpec) -> str:
+def cause_description(spec: CauseSpec, scope: Scope = DEFAULT_SCOPE) -> str:
     """The meaning, then what ``diagnose`` found: per finding the facts that are known and the fix.
 
     Findings are separated by an empty line; without any, one line points at ``diagnose``.
     """
     # Sorted by the fix so that several findings read in the same order at every evaluation.
     selector = f'badgateway_cause_info{{instance=%q,cause="{spec.cause.value}"}}'
-    findings = f'sortByLabel "fix" ({query(selector)})'
+    findings = f'sortByLabel "fix" ({query(selector, scope=scope)})'
     facts = (
         "{{ with $f.Labels.unit }}\nUnit: {{ . }}{{ end }}"
         "{{ with $f.Labels.socket }}\nSocket: {{ . }}{{ end }}"
@@ -124,13 +126,13 @@ def cause_alert(spec: CauseSpec, s: Settings) -> AlertSpec:
     return AlertSpec(
         name=spec.alert,
         title=spec.title,
-        expr=cause_expr(spec),
+        expr=s.scope.expr(cause_expr(spec)),
         for_seconds=spec.page.for_seconds,
         severity=spec.page.severity,
         cause=spec.cause.value,
         category="cause",
         summary=with_instance(spec.page.summary),
-        description=cause_description(spec),
+        description=cause_description(spec, s.scope),
         labels=tuple((label, label_template(spec, name).template(s)) for label, name in spec.page.labels),
     )
 
@@ -143,6 +145,7 @@ def template_values(s: Settings) -> dict[str, str]:
     window = s.error_rate_window
     front = promql_string(s.front_target)
     errors = f"badgateway_nginx_upstream_errors_total{{instance=%q}}[{window}]"
+    scope = s.scope
     return {
         "instance": INSTANCE,
         "diagnose": DIAGNOSE,
@@ -155,24 +158,28 @@ def template_values(s: Settings) -> dict[str, str]:
         "disk_fill_horizon": s.disk_fill_horizon,
         "disk_fill_horizon_seconds": f"{parse_duration(s.disk_fill_horizon):g}",
         "upstream_errors": join(
-            query(f"sort_desc(sum by (kind, upstream) (rate({errors})) > 0)"),
+            query(f"sort_desc(sum by (kind, upstream) (rate({errors})) > 0)", scope=scope),
             '{{ $s.Labels.kind }} from {{ $s.Labels.upstream }} {{ printf "%.2f" $s.Value }}/s',
             "none in nginx's log",
         ),
         "front_status": join(
-            query(f"badgateway_http_status_code{{instance=%q,target=~{front}}}"),
+            query(f"badgateway_http_status_code{{instance=%q,target=~{front}}}", scope=scope),
             "{{ $s.Labels.target }} HTTP {{ $s.Value }}",
             "no front probe",
         ),
         "error_log": first_label(
-            query(f"sort_desc(sum by (log) (rate({errors})) > 0)"), "log", "nginx's error log"
+            query(f"sort_desc(sum by (log) (rate({errors})) > 0)", scope=scope), "log", "nginx's error log"
         ),
         "unit_since": first(
-            query("badgateway_unit_active_since_seconds{instance=%q,unit=%q}", "$labels.unit"),
+            query("badgateway_unit_active_since_seconds{instance=%q,unit=%q}", "$labels.unit", scope=scope),
             "humanizeTimestamp",
         ),
         "collector_took": first(
-            query("badgateway_collector_duration_seconds{instance=%q,collector=%q}", "$labels.collector"),
+            query(
+                "badgateway_collector_duration_seconds{instance=%q,collector=%q}",
+                "$labels.collector",
+                scope=scope,
+            ),
             "humanizeDuration",
         ),
     }
@@ -184,7 +191,8 @@ def template_values(s: Settings) -> dict[str, str]:
 # the symptom would page "cause unknown" before the known cause's alert is allowed to fire. Just
 # after a fix, the errors logged during it are still in the rate window and the round that saw the
 # fix may still carry a 502 probed a moment before: those are the healed cause's too. Alertmanager's
-# inhibition (any cause alert mutes the symptom) stays as a second guard.
+# inhibition (any cause alert mutes the symptom) stays as a second guard. `cause="unexplained"` is the
+# exporter saying that no cause explains them: the symptom is the page for it.
 SYMPTOM_EXPR = (
     "(\n"
     "  sum by (instance) (rate(badgateway_nginx_upstream_errors_total[{window}])) > {gateway_error_rate}\n"
@@ -193,7 +201,7 @@ SYMPTOM_EXPR = (
     " or badgateway_http_status_code{target=~{front}} == 504)\n"
     ")\n"
     "unless on (instance)\n"
-    "max by (instance) (max_over_time(badgateway_cause[{window}])) == 1"
+    'max by (instance) (max_over_time(badgateway_cause{cause!="unexplained"}[{window}])) == 1'
 )
 
 OTHER_ALERTS: tuple[AlertSpec, ...] = (
@@ -292,11 +300,11 @@ OTHER_ALERTS: tuple[AlertSpec, ...] = (
 """The symptom, the warnings and the exporter's health; ``{name}`` stands for :func:`template_values`."""
 
 
-def _filled(spec: AlertSpec, values: dict[str, str]) -> AlertSpec:
+def _filled(spec: AlertSpec, values: dict[str, str], scope: Scope) -> AlertSpec:
     return AlertSpec(
         name=spec.name,
         title=spec.title,
-        expr=fill(spec.expr, values),
+        expr=scope.expr(fill(spec.expr, values)),
         for_seconds=spec.for_seconds,
         severity=spec.severity,
         cause=spec.cause,
@@ -310,7 +318,8 @@ def _filled(spec: AlertSpec, values: dict[str, str]) -> AlertSpec:
 def alert_specs(settings: Settings) -> list[AlertSpec]:
     """Every alert: the cause alerts in the order of :data:`SPECS`, then :data:`OTHER_ALERTS`."""
     values = template_values(settings)
-    return [cause_alert(spec, settings) for spec in SPECS] + [_filled(a, values) for a in OTHER_ALERTS]
+    scope = settings.scope
+    return [cause_alert(spec, settings) for spec in SPECS] + [_filled(a, values, scope) for a in OTHER_ALERTS]
 
 
 ALERT_NAMES: tuple[str, ...] = tuple(spec.alert for spec in SPECS) + tuple(a.name for a in OTHER_ALERTS)

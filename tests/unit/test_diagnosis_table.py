@@ -11,14 +11,17 @@ import dataclasses
 import errno
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from exporter.causes import CAUSES, Cause, Verdict
+from exporter.checks.database import DatabaseResult, DatabaseTarget
 from exporter.checks.fastcgi import FailureReason, FastCGIResult, PoolStatus
 from exporter.checks.http import HttpResult
 from exporter.checks.logs import LogsResult
 from exporter.checks.nginx_config import NginxConfigResult
+from exporter.checks.php_fpm_config import PhpFpmConfigResult
 from exporter.checks.processes import ProcessesResult, ServiceProcesses
 from exporter.checks.resources import FilesystemUsage, ResourcesResult
 from exporter.checks.sockets import BlockedPath, SocketResult
@@ -190,6 +193,32 @@ def _nginx_t_fails(r: RoundResults) -> RoundResults:
     return dataclasses.replace(r, nginx_config=broken)
 
 
+POOL_FILE = "/etc/php/8.2/fpm/pool.d/www.conf"
+
+
+def _php_fpm_t_fails(r: RoundResults) -> RoundResults:
+    message = f"ERROR: [{POOL_FILE}:127] unable to parse value for entry 'pm.max_children'"
+    broken = PhpFpmConfigResult(("/usr/sbin/php-fpm8.2", "-t", "-y", "/etc/php/8.2/fpm/php-fpm.conf"), False,
+                                None, message, POOL_FILE, 127, 0.0, 0.1, "/usr/sbin/php-fpm8.2")  # fmt: skip
+    return dataclasses.replace(r, php_fpm_config=broken)
+
+
+DB = DatabaseTarget("127.0.0.1", 5432, "environment of PID 4242 (DATABASE_URL)")
+
+
+def _database_stopped(r: RoundResults) -> RoundResults:
+    down = DatabaseResult(DB, "no_response", "connect to 127.0.0.1:5432: Connection refused", 0.001)
+    return dataclasses.replace(_backend_503(r), database=down)
+
+
+def _backend_503(r: RoundResults) -> RoundResults:
+    return dataclasses.replace(r, http=(dataclasses.replace(r.http[0], up=False, status_code=503), r.http[1]))
+
+
+def _php_fpm_t_fails_down(r: RoundResults) -> RoundResults:
+    return _php_fpm_t_fails(_php_fpm_stopped(r))
+
+
 def _nginx_stopped(r: RoundResults) -> RoundResults:
     r = _without_process("nginx")(r)
     front = dataclasses.replace(
@@ -198,10 +227,46 @@ def _nginx_stopped(r: RoundResults) -> RoundResults:
     return dataclasses.replace(r, http=(r.http[0], front))
 
 
+def _ago(seconds: float) -> str:
+    return (datetime.now() - timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+NGINX_LOG = "/var/log/nginx/error.log"
+PHP_LOG = "/var/log/php8.2-fpm.log"
+
+
+def _lines(*lines: Evidence) -> Callable[[RoundResults], RoundResults]:
+    """The round with these log lines (each ``seconds_ago`` in its time) as the logs' evidence."""
+
+    def change(r: RoundResults) -> RoundResults:
+        logs = LogsResult((NGINX_LOG, PHP_LOG), (NGINX_LOG, PHP_LOG), None, lines)
+        return dataclasses.replace(r, logs=logs)
+
+    return change
+
+
+def _nginx(kind: str, upstream: str, message: str, seconds_ago: float = 10) -> Evidence:
+    from exporter.logs.lines import nginx_cause
+
+    line = f"{_ago(seconds_ago).replace('-', '/')} [error] 7#7: *1 {message}, client: 127.0.0.1"
+    return Evidence(NGINX_LOG, "nginx", _ago(seconds_ago), kind, upstream=upstream, line=line,
+                    cause=nginx_cause(kind, upstream))  # fmt: skip
+
+
+def _php(event: str, message: str, cause: Cause | None, seconds_ago: float = 10) -> Evidence:
+    return Evidence(PHP_LOG, "php-fpm", _ago(seconds_ago), event, pool="www", line=f"WARNING: [pool www] {message}",
+                    cause=cause)  # fmt: skip
+
+
+FPM = f"unix:{SOCKET}"
+RESET = "recv() failed (104: Connection reset by peer) while reading response header from upstream"
+
 # (name, change to the healthy round, the causes diagnose must find, a line its fix must hold)
 CASES: list[tuple[str, Callable[[RoundResults], RoundResults], set[Cause], str]] = [
     ("php_fpm_stopped", _php_fpm_stopped, {Cause.PHP_FPM_DOWN}, "sudo systemctl start php8.2-fpm"),
     ("php_fpm_killed", _socket_stale, {Cause.PHP_FPM_DOWN}, "sudo systemctl restart php8.2-fpm"),
+    ("database_stopped", _database_stopped, {Cause.DATABASE_DOWN}, "pg_isready -h 127.0.0.1 -p 5432"),
+    ("php_fpm_config_broken", _php_fpm_t_fails_down, {Cause.PHP_FPM_CONFIG_INVALID}, f"fix {POOL_FILE}:127, then: sudo php-fpm8.2 -t"),
     ("socket_moved", _socket_moved, {Cause.SOCKET_PATH_MISMATCH}, f"nginx expects {SOCKET} but PHP-FPM listens on {OTHER_SOCKET}"),
     ("socket_chowned", _socket_chowned, {Cause.SOCKET_PERMISSION_DENIED}, "listen.owner = www-data, listen.group = www-data"),
     ("folder_closed", _folder_closed, {Cause.SOCKET_PERMISSION_DENIED}, "sudo chmod o+x /run/php"),
@@ -214,7 +279,93 @@ CASES: list[tuple[str, Callable[[RoundResults], RoundResults], set[Cause], str]]
     ("disk_full", _disk_full, {Cause.DISK_FULL}, "df -h /; sudo du -xh / 2>/dev/null | sort -h | tail -20"),
     ("nginx_t_fails", _nginx_t_fails, {Cause.NGINX_CONFIG_INVALID}, "fix /etc/nginx/sites-enabled/shop:12, then: sudo nginx -t"),
     ("nginx_stopped", _nginx_stopped, {Cause.NGINX_DOWN}, "sudo nginx -t && sudo systemctl start nginx"),
+    # From the logs alone, the probes all healthy: the line proves the cause while it keeps arriving.
+    ("header_too_big", _lines(_nginx("header_too_big", FPM, "upstream sent too big header while reading response header from upstream")),
+     {Cause.UPSTREAM_HEADER_TOO_BIG}, "fastcgi_buffer_size 32k; fastcgi_buffers 8 32k;"),
+    ("worker_segfault", _lines(_php("child_killed", "child 12 exited on signal 11 (SIGSEGV - core dumped) after 1.2 seconds", Cause.PHP_FPM_WORKERS_CRASHING),
+                               _nginx("connection_reset", FPM, RESET)),
+     {Cause.PHP_FPM_WORKERS_CRASHING}, "sudo coredumpctl list php-fpm8.2"),
+    ("request_terminated", _lines(_php("execution_timeout", "child 12, script '/x.php' execution timed out (1.0 sec), terminating", Cause.UPSTREAM_REQUEST_KILLED),
+                                  _nginx("connection_reset", FPM, RESET)),
+     {Cause.UPSTREAM_REQUEST_KILLED}, f"sudo grep 'execution timed out' {PHP_LOG} | tail"),
+    ("backlog_full", _lines(_nginx("backlog_full", FPM, f"connect() to {FPM} failed (11: Resource temporarily unavailable) while connecting to upstream")),
+     {Cause.LISTEN_BACKLOG_FULL}, "listen.backlog = 4096"),
+    ("fastcgi_to_http", _lines(_nginx("protocol_mismatch", "127.0.0.1:8000", "upstream sent unsupported FastCGI protocol version: 72 while reading response header from upstream")),
+     {Cause.UPSTREAM_PROTOCOL_MISMATCH}, "fastcgi_pass 127.0.0.1:8000 reaches an HTTP server"),
+    ("https_to_plain", _lines(_nginx("ssl_handshake_failed", "127.0.0.1:8443", "SSL_do_handshake() failed (SSL: error:0A00010B:SSL routines::wrong version number) while SSL handshaking to upstream")),
+     {Cause.UPSTREAM_TLS_FAILED}, "proxy_pass http://127.0.0.1:8443 (not https://)"),
+    ("worker_connections", _lines(_nginx("connections_exhausted", "127.0.0.1:8000", "8 worker_connections are not enough while connecting to upstream")),
+     {Cause.NGINX_CONNECTIONS_EXHAUSTED}, "worker_connections 4096;"),
+    ("tcp_connect_denied", _lines(_nginx("permission_denied", "127.0.0.1:8000", "connect() to 127.0.0.1:8000 failed (13: Permission denied) while connecting to upstream")),
+     {Cause.SELINUX_DENIED}, "which security module refuses it"),
+    ("name_unresolvable", _lines(_nginx("host_not_found", "", "app could not be resolved (3: Host not found)")),
+     {Cause.UPSTREAM_HOST_NOT_FOUND}, "getent hosts <the upstream's name>"),
+    ("log_504_storm", _lines(_nginx("read_timeout", "127.0.0.1:8000", "upstream timed out (110: Connection timed out) while reading response header from upstream")),
+     {Cause.UPSTREAM_TIMEOUT}, f"sudo tail -50 {NGINX_LOG} | grep 'timed out'"),
 ]  # fmt: skip
+
+
+def test_a_cause_from_the_logs_clears_when_its_lines_stop() -> None:
+    old = _nginx("header_too_big", FPM, "upstream sent too big header while reading response header", 400)
+    diagnosis = diagnose(_lines(old)(healthy()), config())
+    assert diagnosis.healthy and diagnosis.exit_code == EXIT_HEALTHY
+
+
+def test_the_log_cause_says_how_many_lines_since_when_and_the_last_one() -> None:
+    lines = [
+        _nginx("header_too_big", FPM, f"upstream sent too big header #{i}", 100 - i * 10) for i in range(3)
+    ]
+    diagnosis = diagnose(_lines(*lines)(healthy()), config())
+    (finding,) = diagnosis.evidence[Cause.UPSTREAM_HEADER_TOO_BIG]
+    assert finding.evidence[0].startswith(
+        f"3 line(s) of header_too_big (upstream {FPM}) from {_ago(100)} to "
+    )
+    assert finding.evidence[1].endswith("upstream sent too big header #2, client: 127.0.0.1")
+
+
+def test_errors_no_cause_explains_are_unexplained_with_their_kinds() -> None:
+    line = _nginx(
+        "other_upstream",
+        "127.0.0.1:8000",
+        "writev() failed (32: Broken pipe) while sending request to upstream",
+    )
+    diagnosis = diagnose(_lines(line)(healthy()), config())
+    assert diagnosis.causes == frozenset() and diagnosis.exit_code == EXIT_CAUSE_NOW
+    assert [e.key.kind for e in diagnosis.unexplained] == ["other_upstream"]
+    (finding,) = [f for f in diagnosis.findings if f.step == "gateway_errors"]
+    assert "nginx logged, and no cause explains: 1 x other_upstream (127.0.0.1:8000)" in finding.evidence
+    assert {s.labels["cause"]: s.value for s in list(cause_families(diagnosis))[0].samples}[
+        "unexplained"
+    ] == 1.0
+
+
+def test_refused_lines_are_php_fpm_downs_while_it_is_down_and_history_once_it_answers() -> None:
+    refused = _nginx("connection_refused", FPM, f"connect() to {FPM} failed (111: Connection refused)", 60)
+    down = diagnose(_lines(refused)(_socket_stale(healthy())), config())
+    assert down.causes == {Cause.PHP_FPM_DOWN} and down.unexplained == ()
+    again = diagnose(_lines(refused)(healthy()), config())
+    assert again.healthy, [f.evidence for f in again.findings if f.step == "gateway_errors"]
+
+
+def test_timeouts_to_an_exhausted_pool_are_the_exhaustion() -> None:
+    timeout = _nginx(
+        "read_timeout", FPM, "upstream timed out (110: Connection timed out) while reading response header"
+    )
+    diagnosis = diagnose(_lines(timeout)(_pool_busy(healthy())), config())
+    assert diagnosis.causes == {Cause.PHP_FPM_POOL_EXHAUSTED} and diagnosis.unexplained == ()
+
+
+def test_a_denied_tcp_connect_with_selinux_enforcing_is_the_boolean(tmp_path: Path) -> None:
+    # SELinux cannot run here: only its /sys/fs/selinux tree is faked, the way the kernel shows it.
+    (tmp_path / "booleans").mkdir()
+    (tmp_path / "enforce").write_text("1", encoding="ascii")
+    (tmp_path / "booleans" / "httpd_can_network_connect").write_text("0 0", encoding="ascii")
+    denied = _nginx(
+        "permission_denied", "127.0.0.1:8000", "connect() to 127.0.0.1:8000 failed (13: Permission denied)"
+    )
+    settings = dataclasses.replace(config(), selinux_root=str(tmp_path))
+    diagnosis = diagnose(_lines(denied)(healthy()), settings)
+    assert diagnosis.fix(Cause.SELINUX_DENIED)[0] == "sudo setsebool -P httpd_can_network_connect 1"
 
 
 def test_a_healthy_round_has_no_cause_and_no_failing_step() -> None:
@@ -365,10 +516,6 @@ def test_the_curl_shown_sends_the_host_the_probe_sent() -> None:
     assert step.evidence[0] == "curl -H 'Host: shop.test' http://127.0.0.1/: HTTP 502"
 
 
-def _ago(seconds: float) -> str:
-    return (datetime.now() - timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _log_line(seconds_ago: float, kind: str = "socket_missing") -> Evidence:
     return Evidence("/var/log/nginx/error.log", "nginx", _ago(seconds_ago), kind, upstream=f"unix:{SOCKET}",
                     line=f"{kind} line")  # fmt: skip
@@ -396,3 +543,45 @@ def test_recent_errors_are_counted_apart_from_history() -> None:
     assert step.verdict is Verdict.WARN
     assert step.evidence[0] == f"last 2 error(s): 2 x socket_missing (unix:{SOCKET})"
     assert step.evidence[-1].startswith("history, before the last 5 min: 1 line(s)")
+
+
+def test_php_fpm_down_with_a_broken_pool_is_the_config_not_a_start() -> None:
+    diagnosis = diagnose(_php_fpm_t_fails_down(healthy()), config())
+    assert diagnosis.now == {Cause.PHP_FPM_CONFIG_INVALID} and diagnosis.exit_code == EXIT_CAUSE_NOW
+    assert diagnosis.fix(Cause.PHP_FPM_CONFIG_INVALID) == (
+        f"fix {POOL_FILE}:127, then: sudo php-fpm8.2 -t", "sudo systemctl start php8.2-fpm",
+    )  # fmt: skip
+    # The "PHP-FPM is not running" finding no longer says only "systemctl start": that fails again.
+    process = next(f for f in diagnosis.findings if f.step == "process:php_fpm")
+    assert process.fix[0] == f"fix {POOL_FILE}:127, then: sudo php-fpm8.2 -t"
+    (sample,) = [s for s in list(cause_families(diagnosis))[1].samples]
+    assert (sample.labels["file"], sample.labels["line"]) == (POOL_FILE, "127")
+
+
+def test_a_broken_pool_while_php_fpm_serves_is_latent() -> None:
+    diagnosis = diagnose(_php_fpm_t_fails(healthy()), config())
+    assert diagnosis.causes == {Cause.PHP_FPM_CONFIG_INVALID}
+    assert diagnosis.latent == {Cause.PHP_FPM_CONFIG_INVALID} and diagnosis.exit_code == EXIT_LATENT_ONLY
+    assert diagnosis.fix(Cause.PHP_FPM_CONFIG_INVALID)[-1] == "sudo systemctl restart php8.2-fpm"
+
+
+def test_a_database_down_behind_an_unhealthy_backend_is_database_down_not_backend_unhealthy() -> None:
+    diagnosis = diagnose(_database_stopped(healthy()), config())
+    assert diagnosis.causes == {Cause.DATABASE_DOWN}  # backend_unhealthy is explained by it
+    assert diagnosis.fix(Cause.DATABASE_DOWN) == (
+        "pg_isready -h 127.0.0.1 -p 5432", "sudo systemctl start postgresql   # the database on this host",
+        "sudo journalctl -u shop-api -n 50 --no-pager",
+    )  # fmt: skip
+    (step,) = [f for f in diagnosis.findings if f.step == "database"]
+    assert step.facts.socket == "127.0.0.1:5432" and step.facts.unit == "shop-api"
+    assert "found at 127.0.0.1:5432 (from environment of PID 4242 (DATABASE_URL))" in step.evidence
+
+
+def test_a_database_down_behind_a_healthy_backend_is_a_warning_only() -> None:
+    down = DatabaseResult(DB, "no_response", "refused", 0.001)
+    diagnosis = diagnose(dataclasses.replace(healthy(), database=down), config())
+    assert diagnosis.causes == frozenset()
+    (step,) = [f for f in diagnosis.findings if f.step == "database"]
+    assert step.verdict is Verdict.WARN
+    unhealthy = diagnose(_backend_503(healthy()), config())
+    assert unhealthy.causes == {Cause.BACKEND_UNHEALTHY}  # no database known: the backend's own fault
