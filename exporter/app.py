@@ -11,18 +11,20 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
-from exporter.config import Config, ConfigError
+from exporter.config import Config, ConfigError, printable
 from exporter.diagnosis import Diagnosis, diagnose
 from exporter.discovery.merge import keep_previous_targets
 from exporter.logs.tailer import LogWatcher
@@ -34,6 +36,11 @@ from exporter.webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 MAX_SCRAPE_TIMEOUT_SECONDS = 120.0
+MIN_SCRAPE_TIMEOUT_SECONDS = 0.5
+"""A scrape's ``X-Prometheus-Scrape-Timeout-Seconds`` is clamped to this floor and that maximum."""
+BAD_HEADER_LOG_SECONDS = 60.0
+"""A bad timeout header is logged at most once per this many seconds, cut to ``BAD_HEADER_SHOWN`` characters."""
+BAD_HEADER_SHOWN = 40
 RELOAD_CHECK_SECONDS = 5.0
 
 
@@ -82,6 +89,8 @@ class Exporter:
         self._next_reload_check = time.monotonic() + RELOAD_CHECK_SECONDS
         self._last_lock = threading.Lock()
         self._last: tuple[Checked, float] | None = None  # the last round and when it finished (Unix time)
+        self._bad_headers = 0  # bad timeout headers not logged yet
+        self._bad_header_logged = -BAD_HEADER_LOG_SECONDS
 
     def _reload_if_changed(self) -> None:
         """Discover again when nginx's or PHP-FPM's configuration changed on disk (a new fastcgi_pass, a pool)."""
@@ -120,14 +129,32 @@ class Exporter:
             try:
                 value = float(header)
             except ValueError:
-                log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
+                value = math.nan
+            if value >= MIN_SCRAPE_TIMEOUT_SECONDS:  # also rejects NaN
+                timeout = min(value, MAX_SCRAPE_TIMEOUT_SECONDS)
+            elif value > 0:
+                timeout = MIN_SCRAPE_TIMEOUT_SECONDS
+                self._bad_header(header, f"below {MIN_SCRAPE_TIMEOUT_SECONDS:g} s, using {timeout:g}")
             else:
-                if value > 0:  # also rejects NaN
-                    timeout = min(value, MAX_SCRAPE_TIMEOUT_SECONDS)
-                else:
-                    log.warning("ignoring bad X-Prometheus-Scrape-Timeout-Seconds %r", header)
+                self._bad_header(header, "ignored")
         margin = self.config.scrape_timeout_margin_seconds
         return timeout - margin if timeout > 2 * margin else timeout / 2
+
+    def _bad_header(self, header: str, what: str) -> None:
+        """Log a bad ``X-Prometheus-Scrape-Timeout-Seconds`` at most once per interval, cut short."""
+        self._bad_headers += 1
+        now = time.monotonic()
+        if now - self._bad_header_logged < BAD_HEADER_LOG_SECONDS:
+            return
+        shown = header[:BAD_HEADER_SHOWN] + ("..." if len(header) > BAD_HEADER_SHOWN else "")
+        more = f" (and {self._bad_headers - 1} more in the last {BAD_HEADER_LOG_SECONDS:g} s)"
+        log.warning(
+            "bad X-Prometheus-Scrape-Timeout-Seconds %r: %s%s",
+            shown,
+            what,
+            more if self._bad_headers > 1 else "",
+        )
+        self._bad_headers, self._bad_header_logged = 0, now
 
     def check(self, timeout_seconds: float) -> Checked:
         self._reload_if_changed()
@@ -143,7 +170,7 @@ class Exporter:
         ``gzipped``: compressed as well, in the same call (one hand-off to a worker thread, not two).
         """
         registry = scrape_registry(
-            lambda: round_metric_families(checked.results, checked.diagnosis, self.config)
+            lambda: printable_labels(round_metric_families(checked.results, checked.diagnosis, self.config))
         )
         encoder, content_type = choose_encoder(accept or "")
         body = encoder(registry)
@@ -168,6 +195,25 @@ class Exporter:
         self.prober.close()
         if self.watcher is not None:
             self.watcher.stop()
+
+
+def printable_labels(families: Iterable[Metric]) -> Iterator[Metric]:
+    """``families`` with control characters in label values escaped (``\\x1b``): a log line or a
+    file name cannot put raw control bytes (NUL, ESC) into a scrape or a dashboard."""
+    for family in families:
+        for index, sample in enumerate(family.samples):
+            labels = {name: _printable_label(name, value) for name, value in sample.labels.items()}
+            if labels != sample.labels:
+                family.samples[index] = sample._replace(labels=labels)
+        yield family
+
+
+def _printable_label(name: str, value: str) -> str:
+    """A label value made printable; ``fix`` keeps the newlines that separate its commands (the alert
+    templates split on them), each command made printable on its own."""
+    if name == "fix":
+        return "\n".join(printable(line) for line in value.split("\n"))
+    return printable(value)
 
 
 def check_once(config: Config, timeout_seconds: float | None = None) -> Checked:

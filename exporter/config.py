@@ -34,6 +34,17 @@ _SHOWN.maxlevel = 2
 _UNPRINTABLE: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+def backend_sockets(config: Config) -> list[str]:
+    """The unix sockets of the backend: the HTTP probes' own (``http[].unix_socket``), then every socket
+    nginx passes to other than with ``fastcgi_pass`` (``proxy_pass http://unix:...``, ``uwsgi_pass``)."""
+    found = [t.unix_socket for t in config.http if t.unix_socket]
+    nginx = config.discovered.nginx if config.discovered is not None else None
+    for item in nginx.passes if nginx is not None else ():
+        if item.directive != "fastcgi_pass":
+            found += [t.address for t in item.targets if t.address.startswith("/")]
+    return list(dict.fromkeys(found))
+
+
 def printable(text: str) -> str:
     """``text`` with every control character (tab aside) escaped as ``\\x1b``, ``\\u202e``: for
     text read from logs, files or requests shown on a terminal or in a label value, so that it
@@ -79,6 +90,8 @@ class HttpTarget:
     timeout_seconds: float = 5.0
     verify_tls: bool = True
     host: str | None = None
+    unix_socket: str | None = None
+    """Send the request over this unix socket (``proxy_pass http://unix:/run/gunicorn.sock``), not TCP."""
 
 
 _HOST_NAME = re.compile(
@@ -141,6 +154,16 @@ class ProcessPatterns:
 
 
 @dataclass(frozen=True)
+class PidFiles:
+    """The pid file of each service's main process: it, not a matching title, says which process it is
+    (missing or stale: the service does not run). Without one, the titles of ``processes`` decide."""
+
+    nginx: str | None = None  # None: nginx's own ``pid`` directive (discovery), else found by title
+    php_fpm: str | None = None  # None: ``pid`` in php-fpm.conf's [global] (discovery), else by title
+    backend: str | None = None  # e.g. gunicorn's --pid file; None: its unit's processes, else by title
+
+
+@dataclass(frozen=True)
 class Units:
     """systemd unit names, used for fix commands and the unit-state check."""
 
@@ -154,6 +177,8 @@ class Units:
     journal_lines: int = 20  # last lines of a failed or restarting unit's journal; 0: not read
     journalctl: str = "journalctl"
     journal_directory: str | None = None  # None: the system journal; else journalctl -D this folder
+    manager: Literal["auto", "systemd", "sysv", "process"] = "auto"
+    """How the services are run, for the fixes: auto is systemd unless the host is known to run none."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +241,7 @@ class Config:
     php_fpm_test: PhpFpmTestSettings = field(default_factory=PhpFpmTestSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     processes: ProcessPatterns = field(default_factory=ProcessPatterns)
+    pid_files: PidFiles = field(default_factory=PidFiles)
     units: Units = field(default_factory=Units)
     filesystems: list[str] = field(default_factory=lambda: ["/run/php", "/var/log/nginx", "/var/www", "/tmp"])
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -486,6 +512,12 @@ NUMBER_RANGES: Final[dict[str, tuple[float, float]]] = {
     "HttpTarget.timeout_seconds": (0.01, 120.0),
     "NginxSettings.test_interval_seconds": (0.0, 86400.0),
     "NginxSettings.test_timeout_seconds": (0.1, 300.0),
+    "PhpFpmTestSettings.test_interval_seconds": (0.0, 86400.0),
+    "PhpFpmTestSettings.test_timeout_seconds": (0.1, 300.0),
+    "DatabaseSettings.timeout_seconds": (0.01, 120.0),
+    "Units.restart_window_seconds": (1.0, 30 * 86400.0),
+    "Units.restart_loop_restarts": (1, 1000),
+    "Units.journal_lines": (0, 10_000),
     "Thresholds.memory_available_ratio": (0.0, 1.0),
     "Thresholds.filesystem_avail_ratio": (0.0, 1.0),
     "Thresholds.filesystem_avail_bytes": (0, 1 << 60),

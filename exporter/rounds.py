@@ -13,15 +13,18 @@ from typing import Any
 
 from exporter.checks import Check
 from exporter.checks.analysis import socket_alternatives
+from exporter.checks.database import DatabaseCheck, DatabaseResult
 from exporter.checks.fastcgi import FastCGICheck, FastCGIResult
 from exporter.checks.http import HttpCheck, HttpResult
+from exporter.checks.journal import JournalReader
 from exporter.checks.logs import LogsCheck, LogsResult
 from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
+from exporter.checks.php_fpm_config import PhpFpmConfigCheck, PhpFpmConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
 from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult, oom_kills_in_kernel_log
 from exporter.checks.sockets import SocketResult, SocketsCheck
 from exporter.checks.units import UnitsCheck, UnitsResult
-from exporter.config import Config
+from exporter.config import Config, backend_sockets
 from exporter.deadline import Deadline
 from exporter.discovery.units import default_php_fpm_unit
 from exporter.logs.tailer import LogWatcher
@@ -52,6 +55,8 @@ class RoundResults:
     processes: ProcessesResult | None = None
     resources: ResourcesResult | None = None
     nginx_config: NginxConfigResult | None = None
+    php_fpm_config: PhpFpmConfigResult | None = None
+    database: DatabaseResult | None = None
     units: UnitsResult | None = None
     logs: LogsResult | None = None
     collectors: tuple[CollectorOutcome, ...] = field(default=())
@@ -121,16 +126,23 @@ def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]
     if config.units.enabled:
         names = [config.units.nginx, config.units.php_fpm or default_php_fpm_unit()]
         names += [config.units.backend] if config.units.backend else []
-        checks.append(UnitsCheck(names, config.units.bus_address))
+        units = config.units
+        journal = JournalReader(units.journal_lines, units.journalctl, units.journal_directory)
+        checks.append(UnitsCheck(names, units.bus_address, units.restart_window_seconds, journal))
     unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
+    unix_sockets += [path for path in backend_sockets(config) if path not in unix_sockets]
     checks += [
         SocketsCheck(unix_sockets, config.nginx_user),
-        ProcessesCheck(config.processes),
+        ProcessesCheck(config.processes, pid_files=config.pid_files, units=_service_units(config)),
         ResourcesCheck(config.filesystems),
         LogsCheck(config.logs, watcher),
     ]
     if config.nginx.test:
         checks.append(NginxTestOrParse(config))
+    if config.php_fpm_test.test:
+        checks.append(PhpFpmConfigCheck.of(config))
+    if config.database.enabled:
+        checks.append(DatabaseCheck(config.database, config.processes.backend, config.units.backend))
     return checks
 
 
@@ -252,7 +264,9 @@ class Prober:
             )
         http_results = tuple(values.get(HttpCheck.collector, ()))
         socket_results: tuple[SocketResult, ...] = _first(values, SocketsCheck.collector) or ()
-        alternatives = socket_alternatives(self.config.discovered, socket_results)
+        backend_paths = set(backend_sockets(self.config))
+        php_sockets = tuple(s for s in socket_results if s.path not in backend_paths)
+        alternatives = socket_alternatives(self.config.discovered, php_sockets)
         fastcgi_results = tuple(values.get(FastCGICheck.collector, ()))
         return RoundResults(
             timeout_seconds=timeout_seconds,
@@ -262,6 +276,8 @@ class Prober:
             processes=_first(values, ProcessesCheck.collector),
             resources=_first(values, ResourcesCheck.collector),
             nginx_config=_first(values, NginxConfigCheck.collector),
+            php_fpm_config=_first(values, PhpFpmConfigCheck.collector),
+            database=_first(values, DatabaseCheck.collector),
             units=_first(values, UnitsCheck.collector),
             logs=_first(values, LogsCheck.collector),
             collectors=_merge_outcomes(outcomes),
@@ -305,3 +321,13 @@ def _first(values: dict[str, list[Any]], collector: str) -> Any:
 
 def _is_unix(address: str) -> bool:
     return address.startswith(("/", "unix:"))
+
+
+def _service_units(config: Config) -> dict[str, str]:
+    """Service -> its systemd unit, when the units check is on (the processes check keeps its cgroup's)."""
+    if not config.units.enabled:
+        return {}
+    units = {"nginx": config.units.nginx, "php_fpm": config.units.php_fpm or default_php_fpm_unit()}
+    if config.units.backend:
+        units["backend"] = config.units.backend
+    return units

@@ -43,9 +43,19 @@ def test_classify_nginx_stdin_one_json_per_line() -> None:
     )
     assert done.returncode == 0
     assert [json.loads(x) for x in done.stdout.decode().splitlines()] == [
-        {"kind": "socket_missing", "upstream": "unix:/run/php/php8.3-fpm.sock"},
-        {"kind": "none", "upstream": None},
-        {"kind": "read_timeout", "upstream": "127.0.0.1:8000"},
+        {
+            "source": "nginx",
+            "cause": None,
+            "kind": "socket_missing",
+            "upstream": "unix:/run/php/php8.3-fpm.sock",
+        },
+        {"source": "nginx", "cause": None, "kind": "none", "upstream": None},
+        {
+            "source": "nginx",
+            "cause": "upstream_timeout",
+            "kind": "read_timeout",
+            "upstream": "127.0.0.1:8000",
+        },
     ]
 
 
@@ -57,9 +67,48 @@ def test_classify_phpfpm() -> None:
     done = run(["classify", "--source", "php-fpm"], stdin)
     assert done.returncode == 0
     assert [json.loads(x) for x in done.stdout.decode().splitlines()] == [
-        {"event": "child_killed", "pool": "www", "signal": "SIGTERM"},
-        {"event": "max_children_reached", "pool": "api"},
+        {"source": "php-fpm", "cause": None, "event": "child_killed", "pool": "www", "signal": "SIGTERM"},
+        {
+            "source": "php-fpm",
+            "cause": "php_fpm_pool_exhausted",
+            "event": "max_children_reached",
+            "pool": "api",
+        },
     ]
+
+
+MIXED = [
+    # (line as a source writes it, possibly behind a Docker/compose/journald/syslog prefix; expected record)
+    (b"web-1  | 2026/12/01 10:00:00 [error] 7#7: *1 upstream sent too big header while reading response header"
+     b' from upstream, client: 1.2.3.4, server: x, request: "GET / HTTP/1.1", upstream:'
+     b' "fastcgi://unix:/run/php/php8.2-fpm.sock:", host: "x"',
+     {"source": "nginx", "cause": "upstream_header_too_big", "kind": "header_too_big",
+      "upstream": "unix:/run/php/php8.2-fpm.sock"}),
+    (b"Dec  1 10:00:00 web php-fpm8.2[123]: [01-Dec-2026 10:00:00] WARNING: [pool www] child 77 exited on"
+     b" signal 11 (SIGSEGV - core dumped) after 1.2 seconds from start",
+     {"source": "php-fpm", "cause": "php_fpm_workers_crashing", "event": "child_killed", "pool": "www",
+      "signal": "SIGSEGV"}),
+    (b"[01-Dec-2026 10:00:00] WARNING: [pool www] child 78, script '/x.php' (request: \"GET /x.php\")"
+     b" execution timed out (3.001 sec), terminating",
+     {"source": "php-fpm", "cause": "upstream_request_killed", "event": "execution_timeout", "pool": "www"}),
+    (b"[2026-12-01 10:00:00 +0000] [123] [CRITICAL] WORKER TIMEOUT (pid:456)",
+     {"source": "app", "cause": "upstream_request_killed", "event": "worker_timeout"}),
+    (b"ERROR:    Error loading ASGI app. Could not import module \"main\".",
+     {"source": "app", "cause": "backend_down", "event": "boot_failed"}),
+    (b"ZeroDivisionError: division by zero", {"source": "app", "cause": None, "event": "exception"}),
+    (b"[12345.678901] Out of memory: Killed process 1234 (php-fpm8.2) total-vm:1000kB, anon-rss:900kB",
+     {"source": "kernel", "cause": "memory_exhausted", "event": "oom_kill"}),
+    (b"type=AVC msg=audit(1700000000.123:456): avc:  denied  { name_connect } for  pid=1234 comm=\"nginx\""
+     b" dest=8000 scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:object_r:http_port_t:s0"
+     b" tclass=tcp_socket permissive=0",
+     {"source": "selinux", "cause": "selinux_denied", "event": "avc_denied"}),
+]  # fmt: skip
+
+
+def test_classify_auto_recognises_each_source_in_order() -> None:
+    done = run(["classify", "--source", "auto"], b"\n".join(line for line, _ in MIXED) + b"\n")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(x) for x in done.stdout.decode().splitlines()] == [record for _, record in MIXED]
 
 
 @pytest.fixture
@@ -249,3 +298,64 @@ def test_real_permission_denied_line(stack: LogStack) -> None:
     assert stack.get("/index.php") == 502
     kinds = [classify_nginx(x) for x in _lines(stack.error_log)]
     assert ("permission_denied", f"unix:{stack.socket}") in kinds
+
+
+def test_analyze_tells_the_morning_after_as_incidents_with_their_causes(tmp_path: Path) -> None:
+    fpm = "fastcgi://unix:/run/php/php8.2-fpm.sock:"
+    nginx = (
+        [
+            f"2026/12/01 03:00:{s:02d} [error] 7#7: *{s} recv() failed (104: Connection reset by peer) while reading"
+            f' response header from upstream, client: 1.1.1.1, server: x, request: "GET /a.php HTTP/1.1",'
+            f' upstream: "{fpm}", host: "x"'
+            for s in range(10)
+        ]
+        + [
+            f"2026/12/01 04:10:{s:02d} [error] 7#7: *{s} upstream sent too big header while reading response header"
+            f' from upstream, client: 1.1.1.1, server: x, request: "GET /b.php HTTP/1.1", upstream: "{fpm}", host: "x"'
+            for s in range(5)
+        ]
+        + [
+            "2026/12/01 05:00:00 [error] 7#7: *9 writev() failed (32: Broken pipe) while sending request to upstream,"
+            ' client: 1.1.1.1, server: x, request: "GET /c HTTP/1.1", upstream: "http://127.0.0.1:8000/c", host: "x"'
+        ]
+    )
+    (tmp_path / "error.log").write_text("\n".join(nginx) + "\n", encoding="utf-8")
+    crashes = [
+        f"[01-Dec-2026 03:00:{s:02d}] WARNING: [pool www] child {100 + s} exited on signal 11 (SIGSEGV) after 0.5"
+        " seconds from start"
+        for s in range(10)
+    ]
+    (tmp_path / "php-fpm.log").write_text("\n".join(crashes) + "\n", encoding="utf-8")
+    done = run(["analyze", "--format", "json", str(tmp_path / "error.log"), str(tmp_path / "php-fpm.log")])
+    assert done.returncode == 0, done.stderr
+    found = [
+        (i["kind"], i["cause"], i["explained_by"], i["start"], i["end"], i["count"])
+        for i in json.loads(done.stdout)["incidents"]
+    ]
+    assert found == [
+        (
+            "connection_reset",
+            "php_fpm_workers_crashing",
+            "overlap",
+            "2026-12-01 03:00:00",
+            "2026-12-01 03:00:09",
+            10,
+        ),
+        (
+            "child_killed",
+            "php_fpm_workers_crashing",
+            "line",
+            "2026-12-01 03:00:00",
+            "2026-12-01 03:00:09",
+            10,
+        ),
+        (
+            "header_too_big",
+            "upstream_header_too_big",
+            "line",
+            "2026-12-01 04:10:00",
+            "2026-12-01 04:10:04",
+            5,
+        ),
+        ("other_upstream", "unexplained", None, "2026-12-01 05:00:00", "2026-12-01 05:00:00", 1),
+    ]

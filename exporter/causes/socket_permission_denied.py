@@ -41,6 +41,16 @@ def pool_lines(pool_file: str, lines: Sequence[str], unit: str) -> tuple[str, ..
     return f"in {pool_file}, " + "; ".join(lines), commands.restart(unit)
 
 
+def backend_socket(path: str, nginx_user: str, unit: str) -> tuple[str, ...]:
+    """The backend's own socket (gunicorn ``--bind unix:``, uvicorn ``--uds``): group and mode for nginx."""
+    return (
+        f"sudo chgrp {nginx_user} {path} && sudo chmod 660 {path}   # now; lost when the backend restarts",
+        f"to keep it: run {commands.unit_name(unit)} with Group={nginx_user} (or a group {nginx_user} is in) and"
+        " gunicorn --umask 007, or a systemd .socket with SocketGroup= and SocketMode=0660",
+        commands.restart(unit),
+    )
+
+
 def check_pool() -> tuple[str, ...]:
     """Only the FastCGI probe saw it: where to look."""
     return ("check listen.owner / listen.group / listen.mode in the pool",)

@@ -70,7 +70,9 @@ class HttpCheck:
         # Without redirects a plain-http probe never speaks TLS: no certificate store for it
         # (httpx loads the whole CA bundle per client for verify=True, ~3 MB of resident memory).
         https = target.url.lower().startswith("https:")
+        transport = httpx.HTTPTransport(uds=target.unix_socket) if target.unix_socket else None
         self._client = client or httpx.Client(
+            transport=transport,
             verify=target.verify_tls and https,
             follow_redirects=False,
             trust_env=False,

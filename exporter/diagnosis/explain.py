@@ -16,54 +16,9 @@ from exporter.causes import Cause
 from exporter.config import Config
 from exporter.logs import classify as kinds
 from exporter.logs.episodes import Episode
-from exporter.logs.lines import cause_named
+from exporter.logs.lines import BACKEND_CAUSES, PHP_FPM_CAUSES, generic_explainers
 
 Role = Literal["php_fpm", "backend"]
-
-_PHP_FPM_CONFIG_INVALID = cause_named("php_fpm_config_invalid")
-_DATABASE_DOWN = cause_named("database_down")
-
-PHP_FPM_CAUSES: Final = frozenset(
-    c
-    for c in (
-        Cause.PHP_FPM_DOWN,
-        Cause.SOCKET_PATH_MISMATCH,
-        Cause.SOCKET_PERMISSION_DENIED,
-        Cause.PHP_FPM_POOL_EXHAUSTED,
-        Cause.PHP_FPM_WORKERS_CRASHING,
-        _PHP_FPM_CONFIG_INVALID,
-    )
-    if c is not None
-)
-BACKEND_CAUSES: Final = frozenset(
-    c for c in (Cause.BACKEND_DOWN, Cause.BACKEND_UNHEALTHY, _DATABASE_DOWN) if c is not None
-)
-HOST_CAUSES: Final = frozenset({Cause.MEMORY_EXHAUSTED, Cause.DISK_FULL, Cause.NGINX_CONNECTIONS_EXHAUSTED})
-
-_DOWN: Final = frozenset(
-    c
-    for c in (Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN, Cause.SOCKET_PATH_MISMATCH, _PHP_FPM_CONFIG_INVALID)
-    if c
-)
-_KILLED: Final = frozenset(
-    {Cause.PHP_FPM_WORKERS_CRASHING, Cause.UPSTREAM_REQUEST_KILLED, Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN}
-)
-_SLOW: Final = frozenset(
-    {Cause.UPSTREAM_TIMEOUT, Cause.PHP_FPM_POOL_EXHAUSTED, Cause.LISTEN_BACKLOG_FULL, Cause.BACKEND_UNHEALTHY}
-)
-
-KIND_EXPLAINERS: Final[dict[str, frozenset[Cause]]] = {
-    kinds.CONNECTION_REFUSED: _DOWN,
-    kinds.SOCKET_MISSING: _DOWN,
-    kinds.PERMISSION_DENIED: frozenset({Cause.SOCKET_PERMISSION_DENIED, Cause.SELINUX_DENIED}),
-    kinds.CONNECTION_RESET: _KILLED,
-    kinds.PREMATURE_CLOSE: _KILLED,
-    kinds.OTHER_UPSTREAM: _KILLED,
-    kinds.READ_TIMEOUT: _SLOW,
-    kinds.CONNECT_TIMEOUT: _SLOW,
-    kinds.BACKLOG_FULL: frozenset({Cause.LISTEN_BACKLOG_FULL}),
-}
-"""Besides the host's causes and the line's own cause: the causes that produce each generic kind."""
 
 RECOVERED_AFTER_SECONDS: Final = 15.0
 """A refused or reset upstream that answers again and logged nothing for this long: the incident is over."""
@@ -98,9 +53,7 @@ def _host_port(url: str) -> str:
 
 def explainers(kind: str, role: Role | None) -> frozenset[Cause]:
     """The causes that, when active, explain a generic line of ``kind`` to an upstream of ``role``."""
-    found = KIND_EXPLAINERS.get(kind, frozenset()) | HOST_CAUSES
-    if kind == kinds.NO_LIVE_UPSTREAMS:
-        found = frozenset(Cause)  # nginx marked every server down after failures: whatever failed them
+    found = generic_explainers(kind)
     if role == "php_fpm":
         found -= BACKEND_CAUSES
     elif role == "backend":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from exporter.causes import CAUSES, Cause, Finding, Verdict
+from exporter.config import printable
 from exporter.diagnosis import Diagnosis
+from exporter.logs.episodes import Episode
 
 _MARKS = {Verdict.OK: "ok  ", Verdict.WARN: "warn", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip"}
 _COLORS = {Verdict.OK: "32", Verdict.WARN: "33", Verdict.FAIL: "31;1", Verdict.SKIP: "90"}
@@ -40,17 +44,35 @@ def diagnosis_json(diagnosis: Diagnosis) -> dict[str, object]:
         "causes": [_cause_json(diagnosis, cause) for cause in sorted(diagnosis.causes)],
         "latent": [finding_json(f) for f in diagnosis.latent_findings],
         "gateway_errors": list(diagnosis.gateway_errors),
+        "unexplained": [_episode_json(e) for e in diagnosis.unexplained],
         "findings": [finding_json(f) for f in diagnosis.findings],
     }
 
 
+def _episode_json(episode: Episode) -> dict[str, object]:
+    key = episode.key
+    return {
+        "log": key.path, "source": key.source, "kind": key.kind, "upstream": key.where or None,
+        "count": episode.count, "first": _iso(episode.first), "last": _iso(episode.last), "line": episode.line,
+    }  # fmt: skip
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
 def _finding_lines(finding: Finding, color: bool) -> list[str]:
     mark = _paint(f"[{_MARKS[finding.verdict]}]", _COLORS[finding.verdict], color)
-    lines = [f"{mark} {finding.title}", *(f"       {item}" for item in finding.evidence)]
+    # Evidence quotes log lines and file contents: control characters are shown escaped (\x1b),
+    # never sent to the terminal.
+    lines = [
+        f"{mark} {printable(finding.title)}",
+        *(f"       {printable(item)}" for item in finding.evidence),
+    ]
     if finding.verdict in (Verdict.FAIL, Verdict.WARN):
         if finding.cause:
             lines.append(f"       cause: {finding.cause.value}")
-        lines.extend(f"       fix:   {command}" for command in finding.fix)
+        lines.extend(f"       fix:   {printable(command)}" for command in finding.fix)
     return lines
 
 
@@ -64,7 +86,7 @@ def render_text(diagnosis: Diagnosis, color: bool = False) -> str:
     lines += _now_lines(diagnosis, color)
     lines += _latent_lines(diagnosis, color)
     if diagnosis.gateway_errors:
-        lines.append("Gateway errors seen: " + "; ".join(diagnosis.gateway_errors))
+        lines.append("Gateway errors seen: " + "; ".join(printable(e) for e in diagnosis.gateway_errors))
     return "\n".join(lines)
 
 
@@ -72,16 +94,17 @@ def _cause_lines(diagnosis: Diagnosis, cause: Cause) -> list[str]:
     spec = CAUSES[cause]
     return [
         f"  {cause.value}: {spec.title} (runbook: {spec.runbook_path})",
-        *(f"      {command}" for command in diagnosis.fix(cause)),
+        *(f"      {printable(command)}" for command in diagnosis.fix(cause)),
     ]
 
 
 def _now_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
     if not diagnosis.now:
-        if diagnosis.gateway_errors:
+        if diagnosis.gateway_errors or diagnosis.unexplained:
             return [
-                _paint("Verdict: nginx answers 502/504 and no cause explains it (see above).", "31;1", color)
-            ]
+                _paint("Verdict: nginx answers 502/504 and no cause explains it: unexplained (see above).",
+                       "31;1", color)
+            ]  # fmt: skip
         return [_paint("Verdict: nothing answers 502/504 now.", "32;1", color)]
     count = len(diagnosis.now)
     lines = [
@@ -89,6 +112,11 @@ def _now_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
     ]
     for cause in sorted(diagnosis.now):
         lines += _cause_lines(diagnosis, cause)
+    if diagnosis.unexplained:
+        count = sum(e.count for e in diagnosis.unexplained)
+        lines.append(
+            f"  unexplained: {count} more upstream error(s) in nginx's log that no cause explains (see above)"
+        )
     return lines
 
 
@@ -101,8 +129,8 @@ def _latent_lines(diagnosis: Diagnosis, color: bool) -> list[str]:
     for cause in found:
         lines += _cause_lines(diagnosis, cause)
     for finding in warnings:
-        lines.append(f"  {finding.title}")
-        lines.extend(f"      {command}" for command in finding.fix)
+        lines.append(f"  {printable(finding.title)}")
+        lines.extend(f"      {printable(command)}" for command in finding.fix)
     return lines
 
 

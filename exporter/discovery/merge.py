@@ -208,6 +208,9 @@ def _derive_nginx(nginx: NginxFacts, values: dict[str, Any], origins: dict[str, 
         origins["nginx_user"] = Origin(
             "default", note=f"nginx default: no user directive in {nginx.main_file}"
         )
+    if nginx.pid_file is not None:
+        values.setdefault("pid_files", {})["nginx"] = nginx.pid_file[0]
+        origins["pid_files.nginx"] = nginx.pid_file[1]
     if nginx.error_logs:
         values.setdefault("logs", {})["nginx"] = [path for path, _ in nginx.error_logs]
         for index, (_, origin) in enumerate(nginx.error_logs):
@@ -221,6 +224,9 @@ def _derive_php_fpm(php: PhpFpmFacts, values: dict[str, Any], origins: dict[str,
         values.setdefault("logs", {})["php_fpm"] = logs
         for index, (_, origin) in enumerate(php.error_logs):
             origins[f"logs.php_fpm[{index}]"] = origin
+    if len(php.pid_files) == 1:  # one master: its pid file names it
+        values.setdefault("pid_files", {})["php_fpm"] = php.pid_files[0][0]
+        origins["pid_files.php_fpm"] = php.pid_files[0][1]
     versions = sorted({p.version for p in php.pools if p.version})
     if len(versions) == 1:
         values["units"] = {"php_fpm": f"php{versions[0]}-fpm.service"}
@@ -302,8 +308,12 @@ def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, A
     for scheme, address, origin in backends:
         name = "backend" if len(backends) == 1 else f"backend:{address}"
         index = len(targets)
-        targets.append({"name": name, "url": f"{scheme}://{address}{health_path}", "role": "backend",
-                        "verify_tls": scheme == "http"})  # fmt: skip
+        backend: dict[str, Any] = {"name": name, "url": f"{scheme}://{address}{health_path}", "role": "backend",
+                                   "verify_tls": scheme == "http"}  # fmt: skip
+        if address.startswith("/"):  # proxy_pass http://unix:/run/gunicorn.sock: HTTP over the socket
+            backend |= {"url": f"{scheme}://localhost{health_path}", "unix_socket": address}
+            origins[f"http[{index}].unix_socket"] = origin
+        targets.append(backend)
         origins[f"http[{index}].url"] = Origin(
             origin.kind, origin.file, origin.line, f"+ discovery.backend_health_path {health_path}"
         )
@@ -311,14 +321,13 @@ def _http_targets(nginx: NginxFacts, health_path: str) -> tuple[list[dict[str, A
 
 
 def _http_backends(nginx: NginxFacts) -> list[tuple[str, str, Origin]]:
-    """``(scheme, address, origin)`` of each distinct TCP target of an http(s) ``proxy_pass``."""
+    """``(scheme, address, origin)`` of each distinct target (``host:port`` or a socket path) of an http(s)
+    ``proxy_pass``."""
     backends: list[tuple[str, str, Origin]] = []
     for item in nginx.passes:
         if item.directive != "proxy_pass" or item.scheme not in ("http", "https"):
             continue
         for target in item.targets:
-            if target.address.startswith("/"):
-                continue  # a unix-socket backend: not probed over HTTP
             if all(address != target.address for _, address, _ in backends):
                 backends.append((item.scheme, target.address, target.origin))
     return backends

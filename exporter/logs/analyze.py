@@ -21,12 +21,17 @@ from exporter.logs.classify import (
     line_time,
     tally_nginx,
 )
+from exporter.logs.episodes import EpisodeIndex, line_epoch
 from exporter.logs.evidence import Evidence, evidence_of
+from exporter.logs.incidents import incident_key, incidents, new_index
+from exporter.logs.lines import nginx_cause, phpfpm_cause
 from exporter.logs.tailer import OTHER, UNKNOWN, LineSplitter
 
 READ_BYTES = 1 << 20
 MAX_DISTINCT = 1000
 """Distinct upstreams/pools kept by ``analyze`` before the rest count as ``other``."""
+INCIDENT_WINDOW_SECONDS = 300.0
+"""An incident ends when no line of it came for this long."""
 MAX_MINUTES = 10_000
 """Distinct minutes counted by ``analyze`` (about a week of errors every minute): beyond it, the
 quietest half is dropped, so the busiest minutes stay exact unless a dropped minute comes back."""
@@ -96,7 +101,8 @@ class _Part:
     minutes_dropped: bool = False
     distinct: set[str] = field(default_factory=set)
 
-    def add(self, what: str, where: str | None, when: str | None) -> None:
+    def add(self, what: str, where: str | None, when: str | None) -> str:
+        """Count one line; the bounded label its upstream or pool is counted under."""
         if where is None:
             label = UNKNOWN
         elif where in self.distinct or len(self.distinct) < MAX_DISTINCT:
@@ -113,6 +119,7 @@ class _Part:
             minute[what] = minute.get(what, 0) + 1
             if len(self.minutes) > MAX_MINUTES:
                 self._drop_quiet_minutes()
+        return label
 
     def _drop_quiet_minutes(self) -> None:
         """Keep the busiest half of :data:`MAX_MINUTES` minutes; the summary stays bounded."""
@@ -153,10 +160,14 @@ class Analysis:
     files: list[dict[str, Any]] = field(default_factory=list)
     nginx: _Part = field(default_factory=lambda: _Part("kind", "upstream"))
     php_fpm: _Part = field(default_factory=lambda: _Part("event", "pool"))
+    episodes: EpisodeIndex = field(default_factory=lambda: new_index(INCIDENT_WINDOW_SECONDS))
 
     def as_dict(self, top: int = 5) -> dict[str, Any]:
         """A JSON-ready dictionary (``logs analyze --format json``)."""
-        return {"files": self.files, "nginx": self.nginx.as_dict(top), "php_fpm": self.php_fpm.as_dict(top)}
+        return {
+            "files": self.files, "nginx": self.nginx.as_dict(top), "php_fpm": self.php_fpm.as_dict(top),
+            "incidents": [i.as_dict() for i in incidents(self.episodes.episodes())],
+        }  # fmt: skip
 
 
 def analyze(paths: list[str], source: Source | None = None) -> Analysis:
@@ -176,6 +187,8 @@ def analyze(paths: list[str], source: Source | None = None) -> Analysis:
                 error = _analyze_stream(handle, kind, result, progress)
         except OSError as exc:
             raise AnalyzeError(f"cannot read {path}: {_reason(exc)}") from None
+        if error is not None and progress[0] == 0:  # corrupt from the start: nothing to report
+            raise AnalyzeError(f"cannot read {path}: {error}")
         entry: dict[str, Any] = {"path": path, "source": kind, "lines": progress[0]}
         if error is not None:
             entry["error"] = f"{error}: read up to line {progress[0]:,} only"
@@ -213,27 +226,35 @@ def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis, progres
         for lines in iter_lines(stream):
             progress[0] += len(lines)
             part.lines += len(lines)
-            add(part, lines)
+            add(part, lines, result.episodes)
     except _BROKEN as exc:
         return _reason(exc)
     return None
 
 
-def _add_nginx(part: _Part, lines: list[bytes]) -> None:
+def _add_nginx(part: _Part, lines: list[bytes], episodes: EpisodeIndex) -> None:
     for line in lines:
-        if b"upstream" not in line:
+        if b"upstream" not in line and b"could not be resolved" not in line:
             continue
         found: dict[tuple[str, str | None], int] = {}
         if tally_nginx((line,), found):
             ((kind, upstream),) = found
-            part.add(kind, upstream, line_time(line))
+            when = line_time(line)
+            label = part.add(kind, upstream, when)
+            if when is not None:
+                key = incident_key("nginx", kind, label, nginx_cause(kind, upstream))
+                episodes.add(key, line_epoch(when, 0.0), 1, line.decode("utf-8", "replace"))
 
 
-def _add_phpfpm(part: _Part, lines: list[bytes]) -> None:
+def _add_phpfpm(part: _Part, lines: list[bytes], episodes: EpisodeIndex) -> None:
     for line in lines:
-        event, pool, _signal = classify_phpfpm(line)
+        event, pool, signal = classify_phpfpm(line)
         if event != NONE:
-            part.add(event, pool, line_time(line))
+            when = line_time(line)
+            label = part.add(event, pool, when)
+            if when is not None:
+                key = incident_key("php-fpm", event, label, phpfpm_cause(event, signal))
+                episodes.add(key, line_epoch(when, 0.0), 1, line.decode("utf-8", "replace"))
 
 
 def format_text(analysis: Analysis, top: int = 5) -> str:
@@ -275,10 +296,29 @@ def format_text(analysis: Analysis, top: int = 5) -> str:
             for minute in busiest:
                 detail = ", ".join(f"{k} {v:,}" for k, v in minute[f"by_{part.what}"].items())
                 out.append(f"    {printable(minute['minute'])}  {minute['count']:>8,}  ({detail})")
+    out += _incident_lines(analysis)
     if all(part.total.count == 0 for part in (analysis.nginx, analysis.php_fpm)):
         out.append("")
         out.append("no upstream errors and no PHP-FPM events found")
     return "\n".join(out) + "\n"
+
+
+SHOWN_INCIDENTS = 30
+
+
+def _incident_lines(analysis: Analysis) -> list[str]:
+    found = [i.as_dict() for i in incidents(analysis.episodes.episodes())]
+    if not found:
+        return []
+    out = ["", f"incidents ({len(found)}, a gap of {INCIDENT_WINDOW_SECONDS / 60:g} min ends one):"]
+    for item in found[-SHOWN_INCIDENTS:]:
+        where = f" ({printable(item['where'])})" if item["where"] else ""
+        out.append(f"  {item['start']} .. {item['end']}  {item['count']:>8,} x {item['kind']}{where}"
+                   f"  -> {item['cause']}")  # fmt: skip
+        out.append(f"      fix: {item['fix']}")
+    if len(found) > SHOWN_INCIDENTS:
+        out.append(f"  ({len(found) - SHOWN_INCIDENTS} earlier ones in --format json)")
+    return out
 
 
 # -- recent evidence for diagnose ----------------------------------------------------------------

@@ -69,6 +69,61 @@ def nginx_cause(kind: str, upstream: str | None) -> Cause | None:
     return NGINX_KIND_CAUSES.get(kind)
 
 
+# -- which causes explain a generic nginx line --------------------------------------------------------
+
+_PHP_FPM_CONFIG_INVALID = cause_named("php_fpm_config_invalid")
+_DATABASE_DOWN = cause_named("database_down")
+
+PHP_FPM_CAUSES: Final = frozenset(
+    c
+    for c in (
+        Cause.PHP_FPM_DOWN,
+        Cause.SOCKET_PATH_MISMATCH,
+        Cause.SOCKET_PERMISSION_DENIED,
+        Cause.PHP_FPM_POOL_EXHAUSTED,
+        Cause.PHP_FPM_WORKERS_CRASHING,
+        _PHP_FPM_CONFIG_INVALID,
+    )
+    if c is not None
+)
+BACKEND_CAUSES: Final = frozenset(
+    c for c in (Cause.BACKEND_DOWN, Cause.BACKEND_UNHEALTHY, _DATABASE_DOWN) if c is not None
+)
+HOST_CAUSES: Final = frozenset({Cause.MEMORY_EXHAUSTED, Cause.DISK_FULL, Cause.NGINX_CONNECTIONS_EXHAUSTED})
+
+_DOWN: Final = frozenset(
+    c
+    for c in (Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN, Cause.SOCKET_PATH_MISMATCH, _PHP_FPM_CONFIG_INVALID)
+    if c
+)
+_KILLED: Final = frozenset(
+    {Cause.PHP_FPM_WORKERS_CRASHING, Cause.UPSTREAM_REQUEST_KILLED, Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN}
+)
+_SLOW: Final = frozenset(
+    {Cause.UPSTREAM_TIMEOUT, Cause.PHP_FPM_POOL_EXHAUSTED, Cause.LISTEN_BACKLOG_FULL, Cause.BACKEND_UNHEALTHY}
+)
+
+KIND_EXPLAINERS: Final[dict[str, frozenset[Cause]]] = {
+    nginx_kinds.CONNECTION_REFUSED: _DOWN,
+    nginx_kinds.SOCKET_MISSING: _DOWN,
+    nginx_kinds.PERMISSION_DENIED: frozenset({Cause.SOCKET_PERMISSION_DENIED, Cause.SELINUX_DENIED}),
+    nginx_kinds.CONNECTION_RESET: _KILLED,
+    nginx_kinds.PREMATURE_CLOSE: _KILLED,
+    nginx_kinds.OTHER_UPSTREAM: _KILLED,
+    nginx_kinds.READ_TIMEOUT: _SLOW,
+    nginx_kinds.CONNECT_TIMEOUT: _SLOW,
+    nginx_kinds.BACKLOG_FULL: frozenset({Cause.LISTEN_BACKLOG_FULL}),
+}
+"""Besides the host's causes and the line's own cause: the causes that produce each generic kind."""
+
+
+def generic_explainers(kind: str) -> frozenset[Cause]:
+    """The causes that can produce a generic nginx line of ``kind`` (with the host's own causes)."""
+    if kind == nginx_kinds.NO_LIVE_UPSTREAMS:
+        return frozenset(Cause)  # nginx marked every server down after failures: whatever failed them
+    return KIND_EXPLAINERS.get(kind, frozenset()) | HOST_CAUSES
+
+
 # -- PHP-FPM -------------------------------------------------------------------------------------
 
 

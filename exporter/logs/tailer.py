@@ -580,7 +580,7 @@ class LogWatcher:
                 label = (
                     evidence.upstream
                     if evidence.upstream in upstreams
-                    else (OTHER if evidence.upstream else UNKNOWN)
+                    else (OTHER if evidence.upstream else "")
                 )
                 key = evidence.key(label)
                 if key not in noted:
@@ -600,7 +600,7 @@ class LogWatcher:
                 label = _bounded(c.upstreams, upstream, limit, UNKNOWN)
                 key = (kind, label)
                 c.errors[key] = c.errors.get(key, 0) + n
-                cause_key = (kind, label, nginx_cause(kind, upstream))
+                cause_key = (kind, label if upstream is not None else "", nginx_cause(kind, upstream))
                 labelled[cause_key] = labelled.get(cause_key, 0) + n
         return labelled
 
@@ -805,7 +805,7 @@ def _last_nginx_evidence(data: bytes, path: str) -> list[Evidence]:
     kept: list[Evidence] = []
     end = len(data)
     while len(kept) < RECENT_PER_BLOCK:
-        at = data.rfind(b"upstream", 0, end)
+        at = max(data.rfind(b"upstream", 0, end), data.rfind(b"could not be resolved", 0, end))
         if at < 0:
             break
         start = data.rfind(b"\n", 0, at) + 1

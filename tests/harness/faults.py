@@ -123,6 +123,7 @@ class SystemdServices:
             f"KillSignal=SIGQUIT\nStandardOutput=append:{log}/nginx.stderr.log\n{install}",
             BACKEND: "[Unit]\nDescription=uvicorn backend (fault matrix)\n\n[Service]\n"
             f"{common}ExecStart={_exec(self.stack.backend_argv())}\nEnvironment={env}\n"
+            f"EnvironmentFile=-{self.stack.backend_env_file}\n"
             f"WorkingDirectory={self.stack.root}\nStandardOutput=append:{log}/backend.log\n{install}",
         }
 
@@ -289,6 +290,8 @@ def exporter_settings(stack: Stack, bus_address: str | None) -> dict[str, Any]:
     settings["scrape_timeout_margin_seconds"] = 0.2
     # An OOM kill means memory_exhausted for this long: 10 minutes, scaled like every for: (x0.05).
     settings["thresholds"] = {"oom_kill_window_seconds": 30.0}
+    # A cause from the logs holds while its lines arrive within the evidence window: 5 minutes, scaled.
+    settings["logs"] = {**stack.exporter_config()["logs"], "evidence_window_seconds": 15.0}  # type: ignore[dict-item]
     if bus_address is not None:
         settings["units"] = {
             "nginx": NGINX,
@@ -296,6 +299,9 @@ def exporter_settings(stack: Stack, bus_address: str | None) -> dict[str, Any]:
             "backend": BACKEND,
             "bus_address": bus_address,
         }
+        # The pid files name PIDs of systemd's PID namespace, not the host's: the units' cgroups say
+        # which processes are theirs (explicit nulls: discovery would read the same files).
+        settings["pid_files"] = {"nginx": None, "php_fpm": None}
     else:
         settings["units"] = {"enabled": False}
     if hasattr(config_module, "DiscoverySettings"):

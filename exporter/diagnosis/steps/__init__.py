@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from exporter.causes import Finding
+from exporter.causes.commands import on_host
 from exporter.diagnosis.context import StepContext
 from exporter.diagnosis.steps import (
+    backend_sockets,
     database,
     log_causes,
     logs,
@@ -21,7 +24,7 @@ from exporter.diagnosis.steps import (
 
 Step = Callable[[StepContext, Sequence[Finding]], list[Finding]]
 
-STEPS: tuple[Step, ...] = (
+_STEPS: tuple[Step, ...] = (
     services.processes,  # 1. ps aux
     services.units,  # 1. systemctl status
     logs.logs,  # 3. tail of the error logs
@@ -32,8 +35,27 @@ STEPS: tuple[Step, ...] = (
     pools.timeouts,
     php_fpm.sockets,  # 5. ls -la of the socket
     php_fpm.fastcgi,  # 5. cgi-fcgi ping
+    backend_sockets.backend_sockets,  # ls -la of the backend's own socket
     probes.http,  # curl /health, curl -I /
     database.database,  # pg_isready: the backend's database
     resources.resources,  # free -h, df -h
     log_causes.log_causes,  # what the logs prove on their own, once the probes have spoken
 )
+
+
+def _on_this_host(step: Step) -> Step:
+    """``step`` whose fixes say ``service``/``kill`` instead of ``systemctl`` where there is no systemd."""
+
+    def adapted(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
+        found = step(ctx, earlier)
+        if not ctx.host.services:
+            return found
+        return [dataclasses.replace(f, fix=on_host(f.fix, ctx.host)) if f.fix else f for f in found]
+
+    adapted.__name__ = adapted.__qualname__ = step.__name__
+    adapted.__doc__ = step.__doc__
+    return adapted
+
+
+STEPS: tuple[Step, ...] = tuple(_on_this_host(step) for step in _STEPS)
+"""The steps in runbook order, each fix as this host runs its services (:func:`exporter.causes.commands.on_host`)."""

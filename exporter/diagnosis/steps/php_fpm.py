@@ -18,7 +18,9 @@ from exporter.causes import (
 from exporter.checks.fastcgi import FailureReason, FastCGIResult
 from exporter.checks.processes import listening_addresses
 from exporter.checks.sockets import SocketResult
+from exporter.config import backend_sockets
 from exporter.diagnosis.context import StepContext
+from exporter.diagnosis.steps.php_fpm_config import invalid_config, php_fpm_start_fix
 from exporter.discovery.model import Discovered
 
 
@@ -42,7 +44,10 @@ def sockets(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
         php_procs = procs.of("php_fpm")
         listeners = listening_addresses(php_procs.main_pids if php_procs else ())
     findings = []
+    backend = set(backend_sockets(ctx.config))  # the backend's own: see steps.backend_sockets
     for sock in results.sockets:
+        if sock.path in backend:
+            continue
         extra = [a for a in results.alternatives_of(sock.path) if a not in listeners]
         findings.append(_socket_finding(ctx, sock, [*listeners, *extra]))
     return findings
@@ -64,7 +69,7 @@ def _socket_finding(ctx: StepContext, sock: SocketResult, listeners: list[str]) 
         return Finding(
             step, f"PHP-FPM socket {sock.path} is stale: nothing listens on it", Verdict.FAIL,
             (*evidence, "connect() refused: a stale socket file, the PHP-FPM master that made it is gone"),
-            Cause.PHP_FPM_DOWN, php_fpm_down.restart_stale(unit), Facts(unit=unit, socket=sock.path),
+            Cause.PHP_FPM_DOWN, (php_fpm_down.restart_stale(unit) if invalid_config(ctx) is None else php_fpm_start_fix(ctx, unit)), Facts(unit=unit, socket=sock.path),
         )  # fmt: skip
     if sock.accessible is None:
         evidence.append(f"user {sock.user} does not exist here: cannot check nginx's access")
@@ -112,7 +117,7 @@ def _missing_socket(ctx: StepContext, sock: SocketResult, listeners: list[str]) 
             step, title, Verdict.FAIL,
             (*evidence, f"pool [{declaring.name}] declares it ({listen.file}:{listen.line}) but its PHP-FPM"
              f" ({declaring.config_file}) is not listening; another PHP-FPM runs"),
-            Cause.PHP_FPM_DOWN, php_fpm_down.start(unit), Facts(unit=unit, socket=sock.path),
+            Cause.PHP_FPM_DOWN, php_fpm_start_fix(ctx, unit), Facts(unit=unit, socket=sock.path),
         )  # fmt: skip
     if php_running:
         alternatives = [a for a in listeners if a != sock.path]
@@ -127,7 +132,7 @@ def _missing_socket(ctx: StepContext, sock: SocketResult, listeners: list[str]) 
         return Finding(step, title, Verdict.FAIL, tuple(evidence), Cause.SOCKET_PATH_MISMATCH, fix, facts)
     return Finding(
         step, title, Verdict.FAIL, (*evidence, "PHP-FPM is not running, so nothing created the socket"),
-        Cause.PHP_FPM_DOWN, php_fpm_down.start(php_unit), Facts(unit=php_unit, socket=sock.path),
+        Cause.PHP_FPM_DOWN, php_fpm_start_fix(ctx, php_unit), Facts(unit=php_unit, socket=sock.path),
     )  # fmt: skip
 
 
@@ -172,7 +177,7 @@ def _fastcgi_finding(ctx: StepContext, probe: FastCGIResult) -> Finding:
             # The socket finding names php_fpm_down or socket_path_mismatch from the same evidence.
             return Finding(step, title, Verdict.FAIL, evidence)
         return Finding(
-            step, title, Verdict.FAIL, evidence, Cause.PHP_FPM_DOWN, php_fpm_down.start(unit), facts
+            step, title, Verdict.FAIL, evidence, Cause.PHP_FPM_DOWN, php_fpm_start_fix(ctx, unit), facts
         )
     if reason == FailureReason.PERMISSION_DENIED:
         return Finding(step, title, Verdict.FAIL, (*evidence, "this exporter may not connect either"),
