@@ -102,6 +102,18 @@ def test_a_backend_slower_than_nginx_but_not_the_probe_is_upstream_timeout_from_
     assert backend["verdict"] == "ok"  # the probe itself got its answer: only the logs show it
 
 
+def test_a_proxy_pass_to_php_fpm_is_a_protocol_mismatch_from_the_files_alone(stack: Stack) -> None:
+    # PHP-FPM resets an HTTP request: nginx logs only "recv() failed (104: ...)", the files say why.
+    stack.edit_nginx_config({f"proxy_pass http://127.0.0.1:{stack.backend_port}/;":
+                             f"proxy_pass http://unix:{stack.socket_path}:/;"})  # fmt: skip
+    stack.reload_nginx()
+    assert httpx.get(f"http://127.0.0.1:{stack.nginx_port}/api/health", timeout=10).status_code == 502
+    causes, document = _diagnosed(stack)
+    assert causes == {"upstream_protocol_mismatch"}
+    (found,) = document["causes"]
+    assert f"use fastcgi_pass unix:{stack.socket_path}" in found["fix"][0]
+
+
 @ROOT_ONLY
 def test_a_request_path_holding_an_upstream_error_is_no_evidence(stack: Stack) -> None:
     forged = (

@@ -18,6 +18,7 @@ from harness import wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
+from exporter.causes import Cause
 from exporter.config import LogSettings
 from exporter.logs import classify
 from exporter.logs.metrics import metric_families
@@ -232,6 +233,7 @@ def test_directory_where_a_log_should_be_is_a_read_error(folder: Path) -> None:
 
 PERMISSION_SCRIPT = r"""
 import json, os, sys, time
+from exporter.causes import Cause
 from exporter.config import LogSettings
 from exporter.logs.tailer import LogWatcher
 from exporter.logs.metrics import metric_families
@@ -487,3 +489,42 @@ def test_recent_keeps_the_last_error_lines_of_each_block_in_order(folder: Path) 
         assert timeouts(counters(watcher, log)) == 21
     finally:
         watcher.stop()
+
+
+def test_the_backends_own_log_and_every_source_become_episodes_with_their_causes(folder: Path) -> None:
+    app_log = folder / "gunicorn.log"
+    app_log.write_bytes(
+        b"[2026-12-01 10:00:00 +0000] [1] [INFO] Booting worker with pid: 7\n"
+        b"[2026-12-01 10:00:05 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:7)\n"
+        b"[2026-12-01 10:00:06 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:8)\n"
+    )
+    (folder / "php-fpm.log").write_bytes(
+        b"[01-Dec-2026 10:00:01] WARNING: [pool www] child 9 exited on signal 11 (SIGSEGV) after 1.0 seconds\n"
+        b"[01-Dec-2026 10:00:02] WARNING: [pool www] child 10 exited on signal 15 (SIGTERM) after 1.0 seconds\n"
+    )
+    (folder / "error.log").write_bytes(
+        line(1, "timeout") + b"\n"
+        + b"2026/12/01 10:00:03 [error] 7#7: *5 app could not be resolved (3: Host not found), client: 1.1.1.1,"
+        b' server: x, request: "GET / HTTP/1.1", host: "x"\n'
+    )  # fmt: skip
+    watcher = LogWatcher(settings_for(folder, app=[str(app_log)], start="beginning"))
+    watcher.poll_once()
+    found = {(e.key.source, e.key.kind, e.key.where, e.key.cause, e.count) for e in watcher.episodes()}
+    assert found == {
+        ("app", "worker_timeout", "", Cause.UPSTREAM_REQUEST_KILLED, 2),
+        ("php-fpm", "child_killed", "www", Cause.PHP_FPM_WORKERS_CRASHING, 1),
+        ("php-fpm", "child_killed", "www", None, 1),
+        ("nginx", "read_timeout", "unix:/run/php/php8.3-fpm.sock", Cause.UPSTREAM_TIMEOUT, 1),
+        ("nginx", "host_not_found", "", Cause.UPSTREAM_HOST_NOT_FOUND, 1),
+    }
+    resolved = next(e for e in watcher.episodes() if e.key.kind == "host_not_found")
+    assert "app could not be resolved" in resolved.line
+    events = counters(watcher, app_log).phpfpm_events
+    assert events == {("", "none"): 1, ("", "worker_timeout"): 2}
+    samples = {
+        (s.name, s.labels.get("event")): s.value
+        for family in metric_families(watcher.snapshot())
+        if family.name == "badgateway_backend_log_events"
+        for s in family.samples
+    }
+    assert samples[("badgateway_backend_log_events_total", "worker_timeout")] == 2

@@ -64,6 +64,9 @@ def line_epoch(text: str | None, fallback: float) -> float:
     try:
         fields = (int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
                   int(text[17:19]), 0, 0, -1)  # fmt: skip
+        month, day, hour, minute, second = fields[1:6]
+        if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
+            return fallback  # mktime would roll 2026-13-01 over into 2027
         return time.mktime(fields)
     except (ValueError, OverflowError):
         return fallback

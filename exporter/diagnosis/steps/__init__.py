@@ -18,6 +18,7 @@ from exporter.diagnosis.steps import (
     php_fpm_config,
     pools,
     probes,
+    protocols,
     resources,
     services,
 )
@@ -33,6 +34,7 @@ _STEPS: tuple[Step, ...] = (
     pools.configuration_files,  # what the files themselves say
     pools.pools,
     pools.timeouts,
+    protocols.pass_protocols,  # does each *_pass speak what it points at
     php_fpm.sockets,  # 5. ls -la of the socket
     php_fpm.fastcgi,  # 5. cgi-fcgi ping
     backend_sockets.backend_sockets,  # ls -la of the backend's own socket
