@@ -115,7 +115,7 @@ def _e(value: object) -> str:
 def _title(diagnosis: Diagnosis | None) -> str:
     if diagnosis is None:
         return "no round yet"
-    if diagnosis.now or diagnosis.gateway_errors:
+    if diagnosis.now or diagnosis.gateway_errors or diagnosis.unexplained:
         return "502/504 now"
     if diagnosis.latent or diagnosis.latent_findings:
         return "next reload or restart"
@@ -145,8 +145,8 @@ def _verdict(diagnosis: Diagnosis, round_at: float, now: float, refresh_seconds:
     if diagnosis.now:
         count = len(diagnosis.now)
         kind, headline = "now", f"{count} cause{'' if count == 1 else 's'} of 502/504 happening now"
-    elif diagnosis.gateway_errors:
-        kind, headline = "now", "nginx answers 502/504 and no cause explains it"
+    elif diagnosis.gateway_errors or diagnosis.unexplained:
+        kind, headline = "now", "nginx answers 502/504 and no cause explains it: unexplained"
     elif diagnosis.latent or diagnosis.latent_findings:
         kind, headline = "latent", "Nothing answers 502/504 now, but the next reload or restart will"
     else:
@@ -228,9 +228,11 @@ def _latent(diagnosis: Diagnosis) -> str:
 
 
 def _gateway_errors(diagnosis: Diagnosis) -> str:
-    if not diagnosis.gateway_errors:
+    if not diagnosis.gateway_errors and not diagnosis.unexplained:
         return ""
-    items = "".join(f"<li>{_e(error)}</li>" for error in diagnosis.gateway_errors)
+    unexplained = [f"unexplained: {e.count} x {e.key.kind}" + (f" ({e.key.where})" if e.key.where else "")
+                   + f", the last: {e.line}" for e in diagnosis.unexplained]  # fmt: skip
+    items = "".join(f"<li>{_e(error)}</li>" for error in (*diagnosis.gateway_errors, *unexplained))
     return f'<section id="gateway-errors"><h3>Gateway errors seen</h3><ul class="evidence">{items}</ul></section>'
 
 
