@@ -203,6 +203,8 @@ class LogSettings:
     start: Literal["end", "beginning"] = "end"
     state_file: str | None = None
     max_upstreams: int = 20
+    max_files: int = 256
+    """Files tailed at most (one open descriptor each); more matches are counted, not read."""
     poll_interval_seconds: float = 0.25
     evidence_window_seconds: float = 300.0
     """Log lines older than this are history: shown apart, not evidence of what happens now."""
@@ -524,6 +526,7 @@ NUMBER_RANGES: Final[dict[str, tuple[float, float]]] = {
     "Thresholds.filesystem_files_free_ratio": (0.0, 1.0),
     "Thresholds.oom_kill_window_seconds": (1.0, 30 * 86400.0),
     "LogSettings.max_upstreams": (1, 10_000),
+    "LogSettings.max_files": (1, 100_000),
     "LogSettings.poll_interval_seconds": (0.01, 60.0),
     "LogSettings.evidence_window_seconds": (1.0, 86400.0),
 }

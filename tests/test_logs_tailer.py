@@ -343,6 +343,7 @@ def test_metric_families_exact_output() -> None:
         'badgateway_log_read_errors_total{log="/var/log/php8.3-fpm.log"} 0.0',
         'badgateway_log_lag_bytes{log="/var/log/nginx/error.log"} 5.0',
         'badgateway_log_lag_bytes{log="/var/log/php8.3-fpm.log"} 0.0',
+        "badgateway_log_files_skipped 0.0",
     ]
     assert "# TYPE badgateway_log_lag_bytes gauge" in text
     assert "# TYPE badgateway_nginx_upstream_errors_total counter" in text
@@ -528,3 +529,35 @@ def test_the_backends_own_log_and_every_source_become_episodes_with_their_causes
         for s in family.samples
     }
     assert samples[("badgateway_backend_log_events_total", "worker_timeout")] == 2
+
+
+@pytest.mark.parametrize("cut", ["at_a_line_end", "mid_line"])
+def test_truncation_to_a_smaller_size_counts_every_line_once(folder: Path, cut: str) -> None:
+    log = folder / "error.log"
+    lines = [line(n) for n in range(40)]
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    watcher = LogWatcher(settings_for(folder, start="beginning"))
+    watcher.poll_once()
+    assert timeouts(counters(watcher, log)) == 40
+    keep = sum(len(x) + 1 for x in lines[:10]) - (0 if cut == "at_a_line_end" else 7)
+    os.truncate(log, keep)  # `truncate -s`: smaller, not zero; the rest of the file is what was read
+    watcher.poll_once()
+    append(log, b"\n".join(line(100 + n) for n in range(5)) + b"\n")
+    watcher.poll_once()
+    # mid-line: the cut line's start and the first new line are one line, counted once as such
+    assert timeouts(counters(watcher, log)) == 45
+    assert counters(watcher, log).rotations == 1
+    watcher.stop()
+
+
+def test_a_glob_of_thousands_of_files_tails_at_most_max_files_and_counts_the_rest(folder: Path) -> None:
+    for n in range(300):
+        (folder / f"site{n:03d}-error.log").write_bytes(line(n) + b"\n")
+    watcher = LogWatcher(settings_for(folder, start="beginning", max_files=50, php_fpm=[]))
+    watcher.poll_once()
+    snapshot = watcher.snapshot()
+    assert len(snapshot.logs) == 50 and snapshot.skipped_files == 250
+    open_fds = len(os.listdir("/proc/self/fd"))
+    watcher.poll_once()
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # no descriptor for the skipped ones
+    watcher.stop()

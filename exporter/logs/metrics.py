@@ -46,6 +46,11 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
         "Bytes written to a log but not yet read by the exporter.",
         labels=["log"],
     )
+    skipped = GaugeMetricFamily(
+        "badgateway_log_files_skipped",
+        "Files the log patterns match beyond logs.max_files: not read (raise it, or narrow the globs).",
+    )
+    skipped.add_metric([], snapshot.skipped_files)
     for path in sorted(snapshot.logs):
         c = snapshot.logs[path]
         if c.source == "nginx":
@@ -68,3 +73,4 @@ def metric_families(snapshot: LogSnapshot) -> Iterator[Metric]:
     yield rotations
     yield read_errors
     yield lag
+    yield skipped

@@ -89,6 +89,8 @@ class LogSnapshot:
     """Counters of every tailed log, keyed by path (the ``log`` label)."""
 
     logs: Mapping[str, LogCounters]
+    skipped_files: int = 0
+    """Files the patterns match beyond ``logs.max_files``: not tailed."""
 
 
 class _Counters:
@@ -252,6 +254,7 @@ class LogWatcher:
         self._buffer = bytearray(IDLE_CHUNK_BYTES)
         self._recent: deque[Evidence] = deque(maxlen=RECENT_LINES)
         self._episodes = EpisodeIndex(settings.evidence_window_seconds)
+        self._skipped: set[str] = set()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -288,7 +291,8 @@ class LogWatcher:
     def snapshot(self) -> LogSnapshot:
         """A consistent copy of every counter; no file I/O."""
         with self._lock:
-            return LogSnapshot({path: c.copy() for path, c in self._counters.items()})
+            counters = {path: c.copy() for path, c in self._counters.items()}
+            return LogSnapshot(counters, len(self._skipped))
 
     def recent(self) -> tuple[Evidence, ...]:
         """The last upstream errors and PHP-FPM events read, oldest first; no file I/O."""
@@ -354,6 +358,9 @@ class LogWatcher:
             for path in paths:
                 if path in self._tails:
                     continue
+                if len(self._tails) >= self.settings.max_files:
+                    self._skip(path)
+                    continue
                 resume = self._state.get(path)
                 if self._first_scan:
                     start = self.settings.start
@@ -366,6 +373,15 @@ class LogWatcher:
                 with self._lock:
                     self._counters.setdefault(path, _Counters(source))
         self._first_scan = False
+
+    def _skip(self, path: str) -> None:
+        """A file beyond ``max_files``: counted in ``badgateway_log_files_skipped``, warned about once."""
+        if not self._skipped:
+            log.warning("logs: more than %d files match the log patterns; the others are not read"
+                        " (logs.max_files)", self.settings.max_files)  # fmt: skip
+        if len(self._skipped) < _SEEN_LIMIT * 64:
+            with self._lock:
+                self._skipped.add(path)
 
     def _known_inode(self, path: str) -> bool:
         try:
@@ -399,7 +415,9 @@ class LogWatcher:
         else:
             position = tail.splitter.position
             changed = st.st_size != tail.size_seen or st.st_mtime_ns != tail.mtime_seen
-            if st.st_size < position or (changed and not self._head_ok(tail)):
+            if 0 < st.st_size < position and self._same_start(tail, st.st_size):
+                self._shrunk(tail, st.st_size)
+            elif st.st_size < position or (changed and not self._head_ok(tail)):
                 self._truncated(tail)
         tail.size_seen, tail.mtime_seen = st.st_size, st.st_mtime_ns
         assert tail.fd is not None
@@ -651,6 +669,19 @@ class LogWatcher:
         self._seen[key] = (head or (old[0] if old else b""), splitter.position)
         while len(self._seen) > _SEEN_LIMIT:
             del self._seen[next(iter(self._seen))]
+
+    def _same_start(self, tail: _Tail, size: int) -> bool:
+        """Whether the file still starts with the bytes it started with (as far as it is long now)."""
+        assert tail.fd is not None
+        known = tail.head[: min(size, len(tail.head))]
+        return bool(known) and os.pread(tail.fd, len(known), 0) == known
+
+    def _shrunk(self, tail: _Tail, size: int) -> None:
+        """Truncated in place to a smaller size, not to zero: what is left was read already, so reading
+        goes on where the file now ends (lines appended before this poll noticed are not known apart)."""
+        tail.splitter = LineSplitter(size)
+        tail.head = tail.head[:size]
+        self._count_rotation(tail)
 
     def _truncated(self, tail: _Tail) -> None:
         """copytruncate: finish from the copy (matched by its first bytes), restart at 0."""
