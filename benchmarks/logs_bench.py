@@ -112,13 +112,22 @@ counter badgateway_upstream_errors by kind
 /upstream sent (no valid HTTP|unsupported FastCGI protocol)/ {
   badgateway_upstream_errors["protocol_mismatch"]++
 }
-/upstream sent (invalid|no valid [^H])/ {
+/upstream sent invalid/ {
   badgateway_upstream_errors["invalid_header"]++
 }
-/worker_connections are not enough|\((24|99): [A-Z]/ {
+/worker_connections are not enough/ {
   badgateway_upstream_errors["connections_exhausted"]++
 }
-/could not be resolved|host not found in upstream/ {
+/failed \(24: Too many open files\)/ {
+  badgateway_upstream_errors["connections_exhausted"]++
+}
+/failed \(99: Cannot assign requested address\)/ {
+  badgateway_upstream_errors["connections_exhausted"]++
+}
+/ could not be resolved \(/ {
+  badgateway_upstream_errors["host_not_found"]++
+}
+/host not found in upstream/ {
   badgateway_upstream_errors["host_not_found"]++
 }
 /SSL handshaking to upstream/ {
@@ -195,6 +204,20 @@ def worker_classify(path: str, pure: bool = False) -> None:
     )
 
 
+def worker_analyze(path: str) -> None:
+    """Child process: ``logs analyze`` of the whole file (plain or .gz), as the command runs it."""
+    from exporter.logs.analyze import analyze
+
+    t0 = time.perf_counter()
+    result = analyze([path])
+    seconds = time.perf_counter() - t0
+    kinds = {kind: seen.count for kind, seen in result.nginx.by_what.items()}
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    incidents = len(result.as_dict()["incidents"])
+    print(json.dumps({"lines": result.nginx.lines, "seconds": seconds, "kinds": kinds, "rss_kb": rss_kb,
+                      "incidents": incidents}))  # fmt: skip
+
+
 def worker_live(path: str) -> None:
     """Child process: a live LogWatcher; report its CPU between "ready" and "stop" on stdin."""
     from exporter.config import LogSettings
@@ -241,10 +264,12 @@ def run_mtail(log: Path, folder: Path) -> tuple[float, dict[str, int]]:
     return seconds, kinds
 
 
-def run_ours(log: Path, pure: bool = False, python: str = sys.executable) -> dict[str, Any]:
+def run_ours(
+    log: Path, pure: bool = False, python: str = sys.executable, worker: str = "--worker-classify"
+) -> dict[str, Any]:
     """Classify ``log`` in a child process of ``python`` (the interpreter of the exporter measured)."""
     done = subprocess.run(
-        [python, __file__, "--worker-classify", str(log), *(["--pure"] if pure else [])],
+        [python, __file__, worker, str(log), *(["--pure"] if pure else [])],
         capture_output=True,
         text=True,
         timeout=900,
@@ -254,6 +279,22 @@ def run_ours(log: Path, pure: bool = False, python: str = sys.executable) -> dic
         raise RuntimeError(f"worker failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def print_analyze(log: Path, folder: Path, expected: dict[str, int], mtail_rate: float) -> None:
+    """``logs analyze`` (offline) of the same file, plain and gzip-compressed, against mtail's rate."""
+    packed = folder / "error.log.gz"
+    with packed.open("wb") as out:
+        subprocess.run(["gzip", "-1", "-c", str(log)], stdout=out, timeout=600, check=True)
+    for name, path in (("logs analyze (plain)", log), ("logs analyze (.gz)", packed)):
+        result = run_ours(path, worker="--worker-analyze")
+        rate = result["lines"] / result["seconds"]
+        rss_mb = result["rss_kb"] / 1024
+        agree = "==" if result["kinds"] == expected else "!="
+        print(f"{name:<28}: {result['seconds']:6.2f} s  {rate:>10,.0f} lines/s  {rate / mtail_rate:5.1f}x mtail"
+              f" (target >= {TARGET_RATIO:.0f}x) {'OK' if rate / mtail_rate >= TARGET_RATIO else 'MISSED'};"
+              f" RSS {rss_mb:.1f} MB (target <= {TARGET_RSS_MB:.0f}) {'OK' if rss_mb <= TARGET_RSS_MB else 'MISSED'};"
+              f" counts {agree} generated; {result['incidents']} incidents")  # fmt: skip
 
 
 def run_live(folder: Path) -> dict[str, Any]:
@@ -300,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
     parser.add_argument("--worker-classify", help=argparse.SUPPRESS)
     parser.add_argument("--worker-live", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-analyze", help=argparse.SUPPRESS)
     parser.add_argument("--pure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_classify:
@@ -307,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker_live:
         worker_live(args.worker_live)
+        return 0
+    if args.worker_analyze:
+        worker_analyze(args.worker_analyze)
         return 0
     if shutil.which("mtail") is None:
         print("mtail is not installed (apt-get install mtail)", file=sys.stderr)
@@ -348,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  generated {expected}\n  ours      {ours['kinds']}\n  pure      {pure['kinds']}\n"
                   f"  mtail     {mtail_kinds}")  # fmt: skip
 
+        print_analyze(log, folder, expected, mtail_rate)
         live = run_live(folder)
         cpu_percent = 100.0 * live["cpu_seconds"] / live["wall_seconds"]
         print(f"live tailer at {LIVE_RATE:,} lines/s for {live['wall_seconds']:.1f} s: CPU {cpu_percent:.2f}% of a core"

@@ -520,6 +520,14 @@ PHP_TABLE: list[tuple[bytes, str, str | None, str | None]] = [
         None,
     ),
     (b"[27-Nov-2026 02:01:58] WARNING: [pool www] child 19414 exited on sig", "none", "www", None),
+    (
+        b"[01-Dec-2026 10:00:00] ERROR: [/etc/php/8.2/fpm/pool.d/www.conf:127] unable to parse value for entry"
+        b" 'pm.max_children'",
+        "config_error",
+        None,
+        None,
+    ),
+    (b"[01-Dec-2026 10:00:00] ERROR: FPM initialization failed", "config_error", None, None),
     (b"", "none", None, None),
 ]
 
@@ -704,13 +712,13 @@ def python_scan(
         key = nginx_key(line)
         if key is not None:
             keyed[key] = keyed.get(key, 0) + 1
-        elif b"upstream" in line:
+        elif b"upstream" in line or b"could not be resolved" in line:
             other.append(line)
     return len(lines), list(keyed.items()), other
 
 
 TOKENS = [
-    b": *", b"*", b"77", b" ", b", client: ", b", ", b"upstream", b'upstream: "', b'"', b"unix:", b":",
+    b": *", b"*", b"77", b" ", b", client: ", b", ", b"upstream", b" could not be resolved", b'upstream: "', b'"', b"unix:", b":",
     b"/", b"//", b"http://", b"fastcgi://", b"[::1]:8080", b"127.0.0.1", b"x", b"\n", b"\r",
     b"connect() to ", b" failed (111: Connection refused)", READ_TIMEOUT.encode(),
 ]  # fmt: skip

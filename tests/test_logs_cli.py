@@ -359,3 +359,31 @@ def test_analyze_tells_the_morning_after_as_incidents_with_their_causes(tmp_path
         ),
         ("other_upstream", "unexplained", None, "2026-12-01 05:00:00", "2026-12-01 05:00:00", 1),
     ]
+
+
+def test_analyze_native_and_pure_python_agree_to_the_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.logs import analyze as analyze_module
+
+    if analyze_module._timed_scan is None:
+        pytest.skip("built without a C compiler: only the pure-Python path exists")
+    kinds = [SOCKET_MISSING, TIMEOUT.replace(b"{s:02d}", b"00")]
+    lines = []
+    for n in range(3000):  # 3000 lines over 50 minutes, two kinds, some behind a syslog prefix
+        stamp = f"2024/05/01 12:{n // 60:02d}:{n % 60:02d}".encode()
+        line = stamp + kinds[n % 2][19:]
+        lines.append(b"May  1 12:00:00 web nginx: " + line if n % 7 == 0 else line)
+    (tmp_path / "error.log").write_bytes(b"\n".join(lines) + b"\n")
+    native = analyze_module.analyze([str(tmp_path / "error.log")]).as_dict(10)
+    monkeypatch.setattr(analyze_module, "_timed_scan", None)
+    pure = analyze_module.analyze([str(tmp_path / "error.log")]).as_dict(10)
+    for report in (native, pure):  # the incidents' sample lines differ in shape, not in what they count
+        for incident in report["incidents"]:
+            incident.pop("line")
+    assert native == pure
+    assert native["nginx"]["total"] == {
+        "count": 3000,
+        "first": "2024-05-01 12:00:00",
+        "last": "2024-05-01 12:49:59",
+    }

@@ -21,12 +21,14 @@ from exporter.logs.lines import BACKEND_CAUSES, PHP_FPM_CAUSES, generic_explaine
 Role = Literal["php_fpm", "backend"]
 
 RECOVERED_AFTER_SECONDS: Final = 15.0
-"""A refused or reset upstream that answers again and logged nothing for this long: the incident is over."""
+"""A reset upstream that answers the probe and logged nothing for this long: the incident is over."""
 
-_RECOVERABLE: Final = frozenset(
-    {kinds.CONNECTION_REFUSED, kinds.SOCKET_MISSING, kinds.PERMISSION_DENIED, kinds.CONNECTION_RESET,
-     kinds.PREMATURE_CLOSE, kinds.NO_LIVE_UPSTREAMS, kinds.OTHER_UPSTREAM}
-)  # fmt: skip
+_UNREACHABLE: Final = frozenset(
+    {kinds.CONNECTION_REFUSED, kinds.SOCKET_MISSING, kinds.PERMISSION_DENIED, kinds.NO_LIVE_UPSTREAMS}
+)
+"""Kinds the probe would see too: an upstream that answers it now is reachable again."""
+_MID_REQUEST: Final = frozenset({kinds.CONNECTION_RESET, kinds.PREMATURE_CLOSE, kinds.OTHER_UPSTREAM})
+"""Kinds a probe does not see (they happen mid-request): over once the upstream answers and is quiet."""
 
 
 def upstream_role(config: Config, upstream: str) -> Role | None:
@@ -69,8 +71,10 @@ def explained(
         return True
     if explainers(episode.key.kind, role) & active:
         return True
-    over = now - episode.last >= RECOVERED_AFTER_SECONDS
-    return episode.key.kind in _RECOVERABLE and answering and over
+    if not answering:
+        return False
+    kind = episode.key.kind
+    return kind in _UNREACHABLE or (kind in _MID_REQUEST and now - episode.last >= RECOVERED_AFTER_SECONDS)
 
 
 def gateway_episodes(episodes: Iterable[Episode], now: float, window: float) -> list[Episode]:

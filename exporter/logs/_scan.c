@@ -93,6 +93,10 @@ line_key(const char *line, const char *end_of_line, const char **message, Py_ssi
 }
 
 static int
+add_timed_key(PyObject *keyed, const char *message, Py_ssize_t message_len, const char *address,
+              Py_ssize_t address_len, const char *minute, Py_ssize_t n, long first, long last);
+
+static int
 add_key(PyObject *keyed, const char *message, Py_ssize_t message_len, const char *address,
         Py_ssize_t address_len, Py_ssize_t n)
 {
@@ -128,8 +132,82 @@ typedef struct {
     Py_ssize_t message_len;
     const char *address;
     Py_ssize_t address_len;
+    const char *when; /* NULL: untimed keys; else the line's "YYYY/MM/DD HH:MM" */
+    long first, last; /* timed: the first and last second within that minute */
     Py_ssize_t count;
 } slot_t;
+
+/* nginx's own timestamp at the start of a line: "YYYY/MM/DD HH:MM:SS" (19 bytes). */
+#define TIME_LEN 19
+#define MINUTE_LEN 16
+
+static long
+second_of(const char *line)
+{
+    return (line[17] - '0') * 10 + (line[18] - '0');
+}
+
+/* The timed count of a key in one minute: [count, first second, last second], merged in place. */
+static int
+add_timed_key(PyObject *keyed, const char *message, Py_ssize_t message_len, const char *address,
+              Py_ssize_t address_len, const char *minute, Py_ssize_t n, long first, long last)
+{
+    PyObject *key = Py_BuildValue("(y#y#y#)", message, message_len, address, address_len, minute,
+                                  (Py_ssize_t)MINUTE_LEN);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *old = PyDict_GetItemWithError(keyed, key); /* borrowed */
+    if (old == NULL && PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    if (old != NULL) {
+        Py_ssize_t count = PyLong_AsSsize_t(PyList_GET_ITEM(old, 0)) + n;
+        long was_first = PyLong_AsLong(PyList_GET_ITEM(old, 1));
+        long was_last = PyLong_AsLong(PyList_GET_ITEM(old, 2));
+        Py_DECREF(key);
+        if (n == 0) {
+            return 0;
+        }
+        PyObject *values[3] = {PyLong_FromSsize_t(count), PyLong_FromLong(first < was_first ? first : was_first),
+                               PyLong_FromLong(last > was_last ? last : was_last)};
+        for (int i = 0; i < 3; i++) {
+            if (values[i] == NULL || PyList_SetItem(old, i, values[i]) < 0) {
+                for (int j = i + 1; j < 3; j++) {
+                    Py_XDECREF(values[j]);
+                }
+                return -1;
+            }
+        }
+        return 0;
+    }
+    PyObject *value = Py_BuildValue("[nll]", n, first, last);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int failed = PyDict_SetItem(keyed, key, value);
+    Py_DECREF(value);
+    Py_DECREF(key);
+    return failed;
+}
+
+static int
+starts_with_time(const char *line, const char *end)
+{
+    if (end - line < TIME_LEN) {
+        return 0;
+    }
+    static const char shape[] = "dddd/dd/dd dd:dd:dd";
+    for (int i = 0; i < TIME_LEN; i++) {
+        int digit = line[i] >= '0' && line[i] <= '9';
+        if (shape[i] == 'd' ? !digit : line[i] != shape[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 static uint64_t
 last8(const char *s, Py_ssize_t len)
@@ -162,49 +240,72 @@ flush_slot(PyObject *keyed, slot_t *slot)
     }
     Py_ssize_t n = slot->count;
     slot->count = 0;
+    if (slot->when != NULL) {
+        return add_timed_key(keyed, slot->message, slot->message_len, slot->address, slot->address_len,
+                             slot->when, n, slot->first, slot->last);
+    }
     return add_key(keyed, slot->message, slot->message_len, slot->address, slot->address_len, n);
 }
 
 static int
 count_key(PyObject *keyed, slot_t *slots, const char *message, Py_ssize_t message_len,
-          const char *address, Py_ssize_t address_len)
+          const char *address, Py_ssize_t address_len, const char *when)
 {
     slot_t *slot = &slots[slot_of(message, message_len, address, address_len)];
     if (slot->count > 0 && slot->message_len == message_len && slot->address_len == address_len &&
         memcmp(slot->message, message, (size_t)message_len) == 0 &&
-        memcmp(slot->address, address, (size_t)address_len) == 0) {
+        memcmp(slot->address, address, (size_t)address_len) == 0 &&
+        (when == NULL ? slot->when == NULL : slot->when != NULL && memcmp(slot->when, when, MINUTE_LEN) == 0)) {
         slot->count++;
+        if (when != NULL) {
+            long second = second_of(when);
+            slot->first = second < slot->first ? second : slot->first;
+            slot->last = second > slot->last ? second : slot->last;
+        }
         return 0;
     }
     if (flush_slot(keyed, slot) < 0) {
         return -1;
     }
     /* enter the key now, so that the dict keeps the order in which keys were first seen */
-    if (add_key(keyed, message, message_len, address, address_len, 0) < 0) {
+    long second = when != NULL ? second_of(when) : 0;
+    int entered = when != NULL ? add_timed_key(keyed, message, message_len, address, address_len, when, 0, second, second)
+                               : add_key(keyed, message, message_len, address, address_len, 0);
+    if (entered < 0) {
         return -1;
     }
+    slot->first = second;
+    slot->last = second;
     slot->message = message;
     slot->message_len = message_len;
     slot->address = address;
     slot->address_len = address_len;
+    slot->when = when;
     slot->count = 1;
     return 0;
 }
 
 PyDoc_STRVAR(scan_nginx_doc,
-             "scan_nginx(block, max_line, /)\n--\n\n"
+             "scan_nginx(block, max_line, timed=False, /)\n--\n\n"
              "Return (lines, keyed, other) for a block of nginx error.log lines.\n\n"
              "lines is how many lines the block holds (its last line may lack a newline);\n"
              "keyed maps nginx_key() of each line that mentions an upstream to its count;\n"
              "other lists the lines that mention an upstream but have no such key.\n"
-             "Each line is cut to max_line bytes first.");
+             "Each line is cut to max_line bytes first. With timed, each key also holds the\n"
+             "minute of the line's own timestamp (b'YYYY/MM/DD HH:MM' of its first 19 bytes) and\n"
+             "maps to [count, first second, last second] within that minute; a line with a key\n"
+             "but no timestamp at its start goes to other.");
 
 static PyObject *
 scan_nginx(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "scan_nginx() takes exactly 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan_nginx() takes 2 or 3 arguments");
+        return NULL;
+    }
+    int timed = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (timed < 0) {
         return NULL;
     }
     Py_ssize_t max_line = PyLong_AsSsize_t(args[1]);
@@ -239,9 +340,21 @@ scan_nginx(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         lines++;
         const char *message, *address;
         Py_ssize_t message_len, address_len;
-        if (line_key(pos, end_of_line, &message, &message_len, &address, &address_len)) {
+        int keyed_line = line_key(pos, end_of_line, &message, &message_len, &address, &address_len);
+        if (keyed_line && (!timed || starts_with_time(pos, end_of_line))) {
             /* a key holds an upstream field: the line mentions "upstream" */
-            if (count_key(keyed, slots, message, message_len, address, address_len) < 0) {
+            if (count_key(keyed, slots, message, message_len, address, address_len, timed ? pos : NULL) < 0) {
+                goto error;
+            }
+        }
+        else if (keyed_line) {
+            PyObject *line = PyBytes_FromStringAndSize(pos, end_of_line - pos);
+            if (line == NULL) {
+                goto error;
+            }
+            int failed = PyList_Append(other, line);
+            Py_DECREF(line);
+            if (failed < 0) {
                 goto error;
             }
         }

@@ -8,14 +8,17 @@ import gzip
 import os
 import typing
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from exporter.config import LogSettings, printable
 from exporter.logs.classify import (
+    MAX_LINE_BYTES,
     NONE,
+    Block,
     Source,
+    classify_key,
     classify_phpfpm,
     detect_source,
     line_time,
@@ -74,13 +77,15 @@ class _Seen:
     first: str | None = None
     last: str | None = None
 
-    def add(self, when: str | None) -> None:
-        self.count += 1
+    def add(self, when: str | None, n: int = 1, until: str | None = None) -> None:
+        """``n`` lines from ``when`` to ``until`` (the same time when None)."""
+        self.count += n
         if when is not None:
+            last = until or when
             if self.first is None or when < self.first:
                 self.first = when
-            if self.last is None or when > self.last:
-                self.last = when
+            if self.last is None or last > self.last:
+                self.last = last
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count, "first": self.first, "last": self.last}
@@ -101,8 +106,11 @@ class _Part:
     minutes_dropped: bool = False
     distinct: set[str] = field(default_factory=set)
 
-    def add(self, what: str, where: str | None, when: str | None) -> str:
-        """Count one line; the bounded label its upstream or pool is counted under."""
+    def add(
+        self, what: str, where: str | None, when: str | None, n: int = 1, until: str | None = None
+    ) -> str:
+        """Count ``n`` lines (from ``when`` to ``until``, within one minute); the bounded label their
+        upstream or pool is counted under."""
         if where is None:
             label = UNKNOWN
         elif where in self.distinct or len(self.distinct) < MAX_DISTINCT:
@@ -110,13 +118,13 @@ class _Part:
             label = where
         else:
             label = OTHER
-        self.total.add(when)
-        self.by_what.setdefault(what, _Seen()).add(when)
-        self.by_where.setdefault(label, _Seen()).add(when)
-        self.by_pair.setdefault((what, label), _Seen()).add(when)
+        self.total.add(when, n, until)
+        self.by_what.setdefault(what, _Seen()).add(when, n, until)
+        self.by_where.setdefault(label, _Seen()).add(when, n, until)
+        self.by_pair.setdefault((what, label), _Seen()).add(when, n, until)
         if when is not None:
             minute = self.minutes.setdefault(when[:16], {})
-            minute[what] = minute.get(what, 0) + 1
+            minute[what] = minute.get(what, 0) + n
             if len(self.minutes) > MAX_MINUTES:
                 self._drop_quiet_minutes()
         return label
@@ -220,6 +228,8 @@ def _reason(exc: BaseException) -> str:
 def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis, progress: list[int]) -> str | None:
     """Add the lines of ``stream`` to ``result``; ``progress[0]``: lines read. The reason the read
     stopped early (a truncated or corrupt compressed file), else None."""
+    if source == "nginx" and _timed_scan is not None:
+        return _analyze_nginx_blocks(stream, result, progress, _timed_scan)
     part = result.nginx if source == "nginx" else result.php_fpm
     add = _add_nginx if source == "nginx" else _add_phpfpm
     try:
@@ -230,6 +240,58 @@ def _analyze_stream(stream: IO[bytes], source: Source, result: Analysis, progres
     except _BROKEN as exc:
         return _reason(exc)
     return None
+
+
+TimedScan = Callable[[Block, int, bool], tuple[int, dict[tuple[bytes, bytes, bytes], list[int]], list[bytes]]]
+
+
+def _load_timed_scan() -> TimedScan | None:
+    try:
+        from exporter.logs._scan import scan_nginx
+    except ImportError:  # built without a C compiler: line by line, the same counts
+        return None
+    return scan_nginx
+
+
+_timed_scan: TimedScan | None = _load_timed_scan()
+
+
+def _analyze_nginx_blocks(
+    stream: IO[bytes], result: Analysis, progress: list[int], scan: TimedScan
+) -> str | None:
+    """nginx's log by blocks through the native scan: its lines grouped by key and minute (with the
+    first and last second), so that Python works once per distinct ``(message, upstream, minute)``."""
+    splitter = LineSplitter()
+    try:
+        while data := stream.read(READ_BYTES):
+            for block in splitter.feed_blocks(data):
+                _add_nginx_block(result, block, progress, scan)
+    except _BROKEN as exc:
+        return _reason(exc)
+    last = splitter.flush_block()
+    if last:
+        _add_nginx_block(result, last, progress, scan)
+    return None
+
+
+def _add_nginx_block(result: Analysis, block: Block, progress: list[int], scan: TimedScan) -> None:
+    part = result.nginx
+    lines, keyed, other = scan(block, MAX_LINE_BYTES, True)
+    progress[0] += lines
+    part.lines += lines
+    for (message, upstream, stamp), (n, first, last) in keyed.items():
+        kind, address = classify_key(message, upstream)
+        if kind == NONE:
+            continue
+        minute = stamp.decode("ascii").replace("/", "-")
+        when, until = f"{minute}:{first:02d}", f"{minute}:{last:02d}"
+        label = part.add(kind, address, when, n, until)
+        key = incident_key("nginx", kind, label, nginx_cause(kind, address))
+        start = line_epoch(when, 0.0)
+        text = f'{until.replace("-", "/")} {message.decode("utf-8", "replace")}, upstream: "{upstream.decode("utf-8", "replace")}"'
+        result.episodes.add(key, start, n, None)
+        result.episodes.add(key, start + (last - first), 0, text)
+    _add_nginx(part, other, result.episodes)
 
 
 def _add_nginx(part: _Part, lines: list[bytes], episodes: EpisodeIndex) -> None:

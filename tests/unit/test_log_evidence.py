@@ -110,14 +110,19 @@ def _episode(
     return Episode(EpisodeKey("/l", source, kind, "127.0.0.1:8000", cause), first, last, 3, f"{kind} line")
 
 
-def test_refused_lines_of_an_upstream_that_answers_again_are_over_after_a_quiet_while() -> None:
+def test_refused_lines_of_an_upstream_that_answers_again_are_over() -> None:
     refused = _episode("connection_refused", 900.0, 990.0)
-    assert not explained(
-        refused, frozenset(), "backend", answering=True, now=1000.0
-    )  # 10 s ago: maybe flapping
-    assert explained(refused, frozenset(), "backend", answering=True, now=1010.0)
+    assert explained(refused, frozenset(), "backend", answering=True, now=991.0)  # the probe reaches it now
     assert not explained(refused, frozenset(), "backend", answering=False, now=1010.0)
     assert explained(refused, frozenset({Cause.BACKEND_DOWN}), "backend", answering=False, now=1000.0)
+
+
+def test_resets_of_an_upstream_that_answers_are_over_after_a_quiet_while() -> None:
+    resets = _episode("connection_reset", 900.0, 990.0)
+    assert not explained(
+        resets, frozenset(), "backend", answering=True, now=1000.0
+    )  # 10 s ago: maybe ongoing
+    assert explained(resets, frozenset(), "backend", answering=True, now=1010.0)
 
 
 def test_a_generic_incident_is_explained_by_an_incident_of_a_cause_at_the_same_time() -> None:
