@@ -205,7 +205,7 @@ class LogSettings:
     max_upstreams: int = 20
     max_files: int = 256
     """Files tailed at most (one open descriptor each); more matches are counted, not read."""
-    poll_interval_seconds: float = 0.25
+    poll_interval_seconds: float = 1.0
     evidence_window_seconds: float = 300.0
     """Log lines older than this are history: shown apart, not evidence of what happens now."""
 

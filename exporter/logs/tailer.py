@@ -32,7 +32,7 @@ from exporter.logs.classify import (
     split_block,
     tally_nginx_block,
 )
-from exporter.logs.episodes import Episode, EpisodeIndex, EpisodeKey, line_epoch
+from exporter.logs.episodes import MAX_EPISODES, Episode, EpisodeIndex, EpisodeKey, line_epoch
 from exporter.logs.evidence import Evidence, evidence_of
 from exporter.logs.lines import classify_app, nginx_cause, phpfpm_cause
 
@@ -56,7 +56,9 @@ RETRY_INTERVAL_SECONDS: Final = 1.0
 RECENT_LINES: Final = 200
 """Upstream errors and PHP-FPM events kept, newest last, as the round's evidence of what the logs say."""
 RECENT_PER_BLOCK: Final = 20
-"""At most this many of them are taken from one block read at once (its last ones)."""
+"""At most this many of them are taken from one block of a PHP-FPM or backend log (its last ones)."""
+NGINX_LINES_LOOKED_AT: Final = 5
+"""How many of the last upstream lines of an nginx block are classified again as evidence."""
 PENDING_EVIDENCE_BYTES: Final = 64 << 10
 EVIDENCE_INTERVAL_SECONDS: Final = 0.2
 """Blocks of one file are looked at for evidence at most this often: in an error storm the counts stay
@@ -253,7 +255,10 @@ class LogWatcher:
         self._stopped = False
         self._buffer = bytearray(IDLE_CHUNK_BYTES)
         self._recent: deque[Evidence] = deque(maxlen=RECENT_LINES)
-        self._episodes = EpisodeIndex(settings.evidence_window_seconds)
+        # Room for a few kinds of every file tailed: a site's episode is not pushed out by its neighbours'.
+        self._episodes = EpisodeIndex(
+            settings.evidence_window_seconds, max(MAX_EPISODES, 4 * settings.max_files)
+        )
         self._skipped: set[str] = set()
 
     # -- public -------------------------------------------------------------------------------
@@ -412,6 +417,8 @@ class LogWatcher:
             self._open(tail, now)
             if tail.fd is None:
                 return
+        elif self._unchanged(tail, st):
+            return
         else:
             position = tail.splitter.position
             changed = st.st_size != tail.size_seen or st.st_mtime_ns != tail.mtime_seen
@@ -424,6 +431,13 @@ class LogWatcher:
         self._read_active(tail)
         self._set_lag(tail, max(0, os.fstat(tail.fd).st_size - tail.splitter.position))
         self._ok(tail)
+
+    @staticmethod
+    def _unchanged(tail: _Tail, st: os.stat_result) -> bool:
+        """Same size and time as last poll, and read to its end: nothing to read, nothing to check
+        (the common case of an idle log: one ``stat`` a poll, no read)."""
+        return (not tail.failing and st.st_size == tail.size_seen and st.st_mtime_ns == tail.mtime_seen
+                and tail.splitter.position == st.st_size)  # fmt: skip
 
     def _open(self, tail: _Tail, now: float) -> None:
         fd = os.open(tail.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -832,17 +846,20 @@ def _starts_with(path: str, head: bytes) -> bool:
 
 
 def _last_nginx_evidence(data: bytes, path: str) -> list[Evidence]:
-    """Up to :data:`RECENT_PER_BLOCK` upstream errors from the end of ``data``, newest first."""
+    """The upstream errors among the last :data:`NGINX_LINES_LOOKED_AT` lines of ``data`` that mention
+    one, newest first, one per kind and upstream: in a storm of one kind, one line a block."""
     kept: list[Evidence] = []
+    seen: set[tuple[str, str | None]] = set()
     end = len(data)
-    while len(kept) < RECENT_PER_BLOCK:
+    for _ in range(NGINX_LINES_LOOKED_AT):
         at = max(data.rfind(b"upstream", 0, end), data.rfind(b"could not be resolved", 0, end))
         if at < 0:
             break
         start = data.rfind(b"\n", 0, at) + 1
         stop = data.find(b"\n", at)
         found = evidence_of(data[start : stop if stop >= 0 else len(data)], "nginx", path)
-        if found is not None:
+        if found is not None and (found.kind, found.upstream) not in seen:
+            seen.add((found.kind, found.upstream))
             kept.append(found)
         end = start
     return kept
