@@ -28,6 +28,7 @@ from exporter.demo.stack import Stack
 from exporter.mixin import panels as grid
 from exporter.mixin.cli import dashboards_main
 from exporter.mixin.dashboards import render as render_dashboards
+from exporter.mixin.fleet_dashboard import FLEET_UID
 from exporter.mixin.recording import recording_rules
 from exporter.mixin.rows import CAUSE_INFO_TITLE
 from exporter.mixin.rules import RULES_FILE
@@ -60,7 +61,8 @@ INCIDENT_ONLY_ANNOTATIONS = {
 }
 
 BUILTIN_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"}
-GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s"}
+GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s",
+                     "__data", "__field", "__all"}  # fmt: skip
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right",
     "bool", "and", "or", "unless", "offset", "inf", "nan",
@@ -185,8 +187,8 @@ def test_render_command(tmp_path: Path) -> None:
         dashboards_main(["render", "--out", str(tmp_path), "--runbook-base-url", "https://wiki.example/rb"])
         == 0
     )
-    (written,) = tmp_path.glob("*.json")
-    document = json.loads(written.read_text(encoding="utf-8"))
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(render_dashboards())
+    document = json.loads((tmp_path / grid.OVERVIEW_FILE).read_text(encoding="utf-8"))
     runbook = {v["name"]: v for v in document["templating"]["list"]}["runbook_base"]
     assert runbook["query"] == "https://wiki.example/rb"
     assert dashboards_main(["check", "--out", str(tmp_path)]) == 1  # default settings differ
@@ -255,7 +257,7 @@ def test_every_uid_is_unique() -> None:
             if key in ("uid", "folderUid"):
                 uids.append(str(value))
     assert len(uids) == len(set(uids)), sorted(uids)
-    assert {d["uid"] for d in dashboards().values()} == {grid.OVERVIEW_UID}
+    assert {d["uid"] for d in dashboards().values()} == {grid.OVERVIEW_UID, FLEET_UID}
 
 
 def test_every_metric_is_documented() -> None:
@@ -293,8 +295,10 @@ def test_cause_stats_follow_the_causes_table() -> None:
     assert variables["runbook_base"]["query"] == DEFAULT_RUNBOOK_BASE_URL
     assert variables["exporter_job"]["query"] == Settings().exporter_job
     stats = cause_stats(dashboard)
-    # The first row: one stat per cause, in the table's order, then the rates.
-    first_row = [p for p in dashboard["panels"] if p["gridPos"]["y"] < 9 and p["type"] != "row"]
+    # The first row: one stat per cause, in the table's order, then the rates (stats up to its graphs).
+    panels = dashboard["panels"][1:]
+    first_row = panels[: next(i for i, p in enumerate(panels) if p["type"] != "stat")]
+    assert max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in first_row) <= 17  # at a glance: four short rows
     assert [p["title"] for p in first_row[: len(CAUSES)]] == [i.alert for i in CAUSES.values()]
     assert {"502 rate (upstream errors)", "504 rate (upstream timeouts)", "Front probe status"} <= {
         p["title"] for p in first_row

@@ -585,3 +585,15 @@ def test_a_database_down_behind_a_healthy_backend_is_a_warning_only() -> None:
     assert step.verdict is Verdict.WARN
     unhealthy = diagnose(_backend_503(healthy()), config())
     assert unhealthy.causes == {Cause.BACKEND_UNHEALTHY}  # no database known: the backend's own fault
+
+
+def test_nginx_t_refusing_an_unresolvable_upstream_name_says_which_name_to_check() -> None:
+    message = 'host not found in upstream "app:8000" in /etc/nginx/conf.d/shop.conf:12'
+    broken = NginxConfigResult(
+        ("nginx", "-t"), False, None, message, "/etc/nginx/conf.d/shop.conf", 12, 0.0, 0.01
+    )
+    diagnosis = diagnose(dataclasses.replace(healthy(), nginx_config=broken), config())
+    assert diagnosis.causes == {Cause.NGINX_CONFIG_INVALID}
+    fix = diagnosis.fix(Cause.NGINX_CONFIG_INVALID)
+    assert fix[0].startswith("getent hosts app; dig @127.0.0.53 app")
+    assert "in /etc/nginx/conf.d/shop.conf:12: fix the name" in fix[1]
