@@ -33,14 +33,6 @@ CRASH_SIGNALS: Final = frozenset({"SIGSEGV", "SIGBUS", "SIGABRT", "11", "7", "6"
 """Signals a PHP-FPM child dies of when it crashes (not SIGTERM, SIGKILL: those are sent to it)."""
 
 
-def cause_named(name: str) -> Cause | None:
-    """The cause called ``name``, or None while that cause does not exist in this version."""
-    try:
-        return Cause(name)
-    except ValueError:
-        return None
-
-
 # -- nginx ---------------------------------------------------------------------------------------
 
 NGINX_KIND_CAUSES: Final[dict[str, Cause]] = {
@@ -71,30 +63,15 @@ def nginx_cause(kind: str, upstream: str | None) -> Cause | None:
 
 # -- which causes explain a generic nginx line --------------------------------------------------------
 
-_PHP_FPM_CONFIG_INVALID = cause_named("php_fpm_config_invalid")
-_DATABASE_DOWN = cause_named("database_down")
-
 PHP_FPM_CAUSES: Final = frozenset(
-    c
-    for c in (
-        Cause.PHP_FPM_DOWN,
-        Cause.SOCKET_PATH_MISMATCH,
-        Cause.SOCKET_PERMISSION_DENIED,
-        Cause.PHP_FPM_POOL_EXHAUSTED,
-        Cause.PHP_FPM_WORKERS_CRASHING,
-        _PHP_FPM_CONFIG_INVALID,
-    )
-    if c is not None
-)
-BACKEND_CAUSES: Final = frozenset(
-    c for c in (Cause.BACKEND_DOWN, Cause.BACKEND_UNHEALTHY, _DATABASE_DOWN) if c is not None
-)
+    {Cause.PHP_FPM_DOWN, Cause.SOCKET_PATH_MISMATCH, Cause.SOCKET_PERMISSION_DENIED, Cause.PHP_FPM_POOL_EXHAUSTED,
+     Cause.PHP_FPM_WORKERS_CRASHING, Cause.PHP_FPM_CONFIG_INVALID}
+)  # fmt: skip
+BACKEND_CAUSES: Final = frozenset({Cause.BACKEND_DOWN, Cause.BACKEND_UNHEALTHY, Cause.DATABASE_DOWN})
 HOST_CAUSES: Final = frozenset({Cause.MEMORY_EXHAUSTED, Cause.DISK_FULL, Cause.NGINX_CONNECTIONS_EXHAUSTED})
 
 _DOWN: Final = frozenset(
-    c
-    for c in (Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN, Cause.SOCKET_PATH_MISMATCH, _PHP_FPM_CONFIG_INVALID)
-    if c
+    {Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN, Cause.SOCKET_PATH_MISMATCH, Cause.PHP_FPM_CONFIG_INVALID}
 )
 _KILLED: Final = frozenset(
     {Cause.PHP_FPM_WORKERS_CRASHING, Cause.UPSTREAM_REQUEST_KILLED, Cause.PHP_FPM_DOWN, Cause.BACKEND_DOWN}
@@ -134,11 +111,11 @@ def phpfpm_cause(event: str, signal: str | None) -> Cause | None:
     return _PHPFPM_EVENT_CAUSES.get(event)
 
 
-_PHPFPM_EVENT_CAUSES: Final[dict[str, Cause | None]] = {
+_PHPFPM_EVENT_CAUSES: Final[dict[str, Cause]] = {
     EXECUTION_TIMEOUT: Cause.UPSTREAM_REQUEST_KILLED,
     MAX_CHILDREN_REACHED: Cause.PHP_FPM_POOL_EXHAUSTED,
     BIND_ERROR: Cause.PHP_FPM_DOWN,
-    CONFIG_ERROR: cause_named("php_fpm_config_invalid"),
+    CONFIG_ERROR: Cause.PHP_FPM_CONFIG_INVALID,
 }
 
 # -- the backend: gunicorn and uvicorn ---------------------------------------------------------------
@@ -181,12 +158,12 @@ _EXCEPTION_LINE: Final = re.compile(
     rb"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::|$)"
 )
 
-_APP_EVENT_CAUSES: Final[dict[str, Cause | None]] = {
+_APP_EVENT_CAUSES: Final[dict[str, Cause]] = {
     WORKER_TIMEOUT: Cause.UPSTREAM_REQUEST_KILLED,
     WORKER_KILLED: Cause.MEMORY_EXHAUSTED,
     BOOT_FAILED: Cause.BACKEND_DOWN,
     BIND_FAILED: Cause.BACKEND_DOWN,
-    DATABASE_REFUSED: cause_named("database_down"),
+    DATABASE_REFUSED: Cause.DATABASE_DOWN,
 }
 
 
