@@ -15,8 +15,9 @@ SPEC = CauseSpec(
     evidence=("sockets", "fastcgi"),
     page=AlertText(
         summary="nginx workers may not connect to the PHP-FPM socket on {instance}",
-        meaning="nginx's worker user on {instance} gets Permission denied on the PHP-FPM socket"
-        " (its owner, group or mode, or a parent folder without search permission): nginx answers 502.",
+        meaning="nginx's worker user on {instance} gets Permission denied on the PHP-FPM socket (or the"
+        " backend's own unix socket): its owner, group or mode, or a parent folder without search"
+        " permission. nginx answers 502.",
         for_seconds=60,
     ),
     faults=("socket_chowned_root", "socket_dir_no_search"),
