@@ -177,8 +177,8 @@ def test_unprivileged_exporter_gets_every_metric(stack: Stack, scratch: Path) ->
             assert (read.returncode == 0) is readable, (groups, read.stderr)
     names_root = {name for name, _ in as_root.samples}
     names_user = {name for name, _ in as_user.samples}
-    # nginx -t needs root: the verdict is replaced by the exported reason, nothing else is lost
-    assert names_root - names_user == {"badgateway_nginx_config_valid"}
+    # nginx -t and php-fpm -t need root: each verdict is replaced by its exported reason, nothing else is lost
+    assert names_root - names_user == {"badgateway_nginx_config_valid", "badgateway_php_fpm_config_valid"}
     assert names_user - names_root == set()
     assert as_user.value("badgateway_nginx_config_test_error", reason="permission_denied") == 1
     assert as_root.value("badgateway_nginx_config_test_error", reason="permission_denied") == 0

@@ -235,27 +235,37 @@ NGINX_LOG = "/var/log/nginx/error.log"
 PHP_LOG = "/var/log/php8.2-fpm.log"
 
 
-def _lines(*lines: Evidence) -> Callable[[RoundResults], RoundResults]:
-    """The round with these log lines (each ``seconds_ago`` in its time) as the logs' evidence."""
+LogLine = Callable[[], Evidence]
+"""A log line written some seconds before the moment it is made: rows are built at import, run later."""
+
+
+def _lines(*lines: LogLine) -> Callable[[RoundResults], RoundResults]:
+    """The round with these log lines (each ``seconds_ago`` in its time, when the row runs) as evidence."""
 
     def change(r: RoundResults) -> RoundResults:
-        logs = LogsResult((NGINX_LOG, PHP_LOG), (NGINX_LOG, PHP_LOG), None, lines)
+        logs = LogsResult((NGINX_LOG, PHP_LOG), (NGINX_LOG, PHP_LOG), None, tuple(make() for make in lines))
         return dataclasses.replace(r, logs=logs)
 
     return change
 
 
-def _nginx(kind: str, upstream: str, message: str, seconds_ago: float = 10) -> Evidence:
+def _nginx(kind: str, upstream: str, message: str, seconds_ago: float = 10) -> LogLine:
     from exporter.logs.lines import nginx_cause
 
-    line = f"{_ago(seconds_ago).replace('-', '/')} [error] 7#7: *1 {message}, client: 127.0.0.1"
-    return Evidence(NGINX_LOG, "nginx", _ago(seconds_ago), kind, upstream=upstream, line=line,
-                    cause=nginx_cause(kind, upstream))  # fmt: skip
+    def make() -> Evidence:
+        line = f"{_ago(seconds_ago).replace('-', '/')} [error] 7#7: *1 {message}, client: 127.0.0.1"
+        return Evidence(NGINX_LOG, "nginx", _ago(seconds_ago), kind, upstream=upstream, line=line,
+                        cause=nginx_cause(kind, upstream))  # fmt: skip
+
+    return make
 
 
-def _php(event: str, message: str, cause: Cause | None, seconds_ago: float = 10) -> Evidence:
-    return Evidence(PHP_LOG, "php-fpm", _ago(seconds_ago), event, pool="www", line=f"WARNING: [pool www] {message}",
-                    cause=cause)  # fmt: skip
+def _php(event: str, message: str, cause: Cause | None, seconds_ago: float = 10) -> LogLine:
+    def make() -> Evidence:
+        return Evidence(PHP_LOG, "php-fpm", _ago(seconds_ago), event, pool="www",
+                        line=f"WARNING: [pool www] {message}", cause=cause)  # fmt: skip
+
+    return make
 
 
 FPM = f"unix:{SOCKET}"
@@ -334,9 +344,8 @@ def test_errors_no_cause_explains_are_unexplained_with_their_kinds() -> None:
     assert [e.key.kind for e in diagnosis.unexplained] == ["other_upstream"]
     (finding,) = [f for f in diagnosis.findings if f.step == "gateway_errors"]
     assert "nginx logged, and no cause explains: 1 x other_upstream (127.0.0.1:8000)" in finding.evidence
-    assert {s.labels["cause"]: s.value for s in list(cause_families(diagnosis))[0].samples}[
-        "unexplained"
-    ] == 1.0
+    verdict = next(iter(cause_families(diagnosis)))
+    assert {s.labels["cause"]: s.value for s in verdict.samples}["unexplained"] == 1.0
 
 
 def test_refused_lines_are_php_fpm_downs_while_it_is_down_and_history_once_it_answers() -> None:
