@@ -111,11 +111,21 @@ _TLS_KEYS: Final = frozenset(
 )
 _HTTP_KEYS: Final = frozenset({"http2", "headers"})
 _RATE_KEYS: Final = frozenset({"interval", "burst"})
-_BCRYPT: Final = re.compile(rb"^\$2[abxy]?\$(?P<cost>\d{2})\$[./A-Za-z0-9]{53}$")
+_BCRYPT: Final = re.compile(rb"^\$(?P<prefix>2[a-z]?)\$(?P<cost>\d{2})\$[./A-Za-z0-9]{53}$")
+BCRYPT_PREFIXES: Final = ("2a", "2b", "2y")
+"""The bcrypt variants accepted (what htpasswd, Go's bcrypt and the toolkit write); ``$2$`` and
+``$2x$`` hashes are refused at load (they would never match)."""
+MIN_BCRYPT_COST: Final = 4
+MAX_BCRYPT_COST: Final = 14
+"""The highest bcrypt cost accepted: about a second per uncached check on one core (each step
+doubles it), paid once at start for the dummy hash and then for every wrong password."""
 _DURATION: Final = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h))+$")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h)")
 _UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 AUTH_CACHE_SIZE: Final = 1024
+"""Wrong credentials remembered (so the same wrong password does not cost bcrypt again)."""
+AUTH_GOOD_CACHE_SIZE: Final = 64
+"""Credentials that verified, kept apart: a flood of wrong passwords cannot evict them."""
 TLS_RELOAD_CHECK_SECONDS: Final = 5.0
 
 
@@ -476,9 +486,20 @@ def _users(value: object, source: str) -> dict[str, bytes]:
             raise _err(
                 source, key, "not a bcrypt hash ($2y$10$... ; make one with htpasswd -nBC 10 '' | tr -d ':')"
             )
+        prefix = match.group("prefix").decode()
+        if prefix not in BCRYPT_PREFIXES:
+            raise _err(
+                source,
+                key,
+                f"bcrypt variant ${prefix}$ is not supported (use $2y$, $2b$ or $2a$: htpasswd -nBC 10)",
+            )
         cost = int(match.group("cost"))
-        if not 4 <= cost <= 31:
-            raise _err(source, key, f"bcrypt cost {cost} outside 4..31")
+        if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+            raise _err(
+                source,
+                key,
+                f"bcrypt cost {cost} outside {MIN_BCRYPT_COST}..{MAX_BCRYPT_COST} (make it with -C 10)",
+            )
         result[name] = hashed.encode("ascii")
     return result
 
@@ -538,8 +559,9 @@ class BasicAuth:
 
     bcrypt is slow on purpose (tens of milliseconds at cost 10); caching the outcome of each
     (user, password, hash) triple, under a SHA-256 key, keeps a scrape every second cheap.
-    An unknown user is checked against a dummy hash of the same cost, so timing does not reveal
-    which users exist.
+    Credentials that verified are cached apart from wrong ones, so a flood of ever-new wrong
+    passwords evicts only wrong ones. An unknown user is checked against a dummy hash of the same
+    cost, so timing does not reveal which users exist.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -549,16 +571,24 @@ class BasicAuth:
         self.users = dict(users)
         cost = max((int(h.split(b"$")[2]) for h in self.users.values()), default=10)
         self._dummy = bcrypt.hashpw(b"badgateway-exporter dummy password", bcrypt.gensalt(rounds=cost))
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._good: OrderedDict[bytes, bool] = OrderedDict()
+        self._bad: OrderedDict[bytes, bool] = OrderedDict()
         self._lock = threading.Lock()
 
     def cached(self, header: str | None) -> bool | None:
-        """The cached outcome for ``header``, or None when bcrypt must run (:meth:`check`)."""
+        """The cached outcome for ``header`` (False without credentials), or None when bcrypt
+        must run (:meth:`check`)."""
         credentials = _credentials(header)
         if credentials is None:
             return False
+        return self._known(self._key(*credentials))
+
+    def _known(self, key: bytes) -> bool | None:
         with self._lock:
-            return self._cache.get(self._key(*credentials))
+            if key in self._good:
+                self._good.move_to_end(key)
+                return True
+            return False if key in self._bad else None
 
     def check(self, header: str | None) -> bool:
         """True when ``header`` carries a configured user and the matching password."""
@@ -567,20 +597,19 @@ class BasicAuth:
             return False
         user, password = credentials
         key = self._key(user, password)
-        with self._lock:
-            known = self._cache.get(key)
-            if known is not None:
-                self._cache.move_to_end(key)
-                return known
+        known = self._known(key)
+        if known is not None:
+            return known
         hashed = self.users.get(user)
         try:
             ok = self._checkpw(password.encode("utf-8"), hashed or self._dummy) and hashed is not None
         except ValueError:
             ok = False
+        cache, size = (self._good, AUTH_GOOD_CACHE_SIZE) if ok else (self._bad, AUTH_CACHE_SIZE)
         with self._lock:
-            self._cache[key] = ok
-            while len(self._cache) > AUTH_CACHE_SIZE:
-                self._cache.popitem(last=False)
+            cache[key] = ok
+            while len(cache) > size:
+                cache.popitem(last=False)
         return ok
 
     def _key(self, user: str, password: str) -> bytes:

@@ -58,7 +58,7 @@ def test_example_of_the_runbook_site_loads() -> None:
             {"http": [{"name": "a", "url": "ftp://x/"}]},
             "f.yml: http[0].url: must start with http:// or https://",
         ),
-        ({"scrape_timeout_seconds": 0}, "f.yml: scrape_timeout_seconds: must be positive"),
+        ({"scrape_timeout_seconds": 0}, "f.yml: scrape_timeout_seconds: must be a number from 0.1 to 120"),
         ({"processes": {"nginx": "("}}, "f.yml: processes.nginx: invalid regular expression"),
         ([1, 2], "f.yml: <top level>: expected a mapping"),
     ],

@@ -15,6 +15,7 @@ dashboards rendered with the same ``--set`` values agree::
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,20 @@ class Command:
     render: Callable[[Settings], dict[str, str]]
     validate: Callable[[dict[str, str]], list[str]]
     """Problems a real tool finds in the fresh render (empty when the tool is not installed)."""
+
+
+MAX_FOR_SCALE = 100.0
+"""The largest ``--for-scale``: a 15m for: becomes a day; beyond, durations overflow into nonsense."""
+
+
+def _for_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_FOR_SCALE):
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to {MAX_FOR_SCALE:g}, got {text!r}")
+    return value
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -125,7 +140,11 @@ def _parser(command: Command) -> argparse.ArgumentParser:
         p.add_argument(
             "--runbook-base-url", help=f"base of the runbook links (default: {DEFAULT_RUNBOOK_BASE_URL})"
         )
-        p.add_argument("--for-scale", type=float, help="multiply every for: by this factor (default: 1)")
+        p.add_argument(
+            "--for-scale",
+            type=_for_scale,
+            help=f"multiply every for: by this factor, 0 to {MAX_FOR_SCALE:g} (default: 1)",
+        )
         p.add_argument(
             "--set",
             action="append",
