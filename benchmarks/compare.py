@@ -321,6 +321,8 @@ def exporter_config(s: Site) -> dict[str, Any]:
             "backend": BACKEND,
             "bus_address": s.bus_address,
         }
+        # The pid files name PIDs of systemd's namespace: the units' cgroups say which processes are theirs.
+        config["pid_files"] = {"nginx": None, "php_fpm": None}
     else:
         config["units"] = {"enabled": False}
     return config

@@ -317,11 +317,13 @@ def test_queries_are_pipelined(stack: SystemdHarness, monkeypatch: pytest.Monkey
     check = UnitsCheck(ALL, bus_address=stack.bus_address)
     try:
         assert check.run(Deadline.after(5)).available
-        # Hello, then one batch: ListUnitsByNames for all units and four Properties.Get per unit.
-        assert batches == [1, 1 + 4 * len(ALL)]
+        # Hello, then one batch: ListUnitsByNames for all units and one Properties.Get per property and unit.
+        per_unit = len(units_module._PROPERTIES)
+        assert per_unit == 8  # UnitFileState, timestamps, NRestarts, MainPID, Result, ExecMain*
+        assert batches == [1, 1 + per_unit * len(ALL)]
         batches.clear()
         assert check.run(Deadline.after(5)).available
-        assert batches == [1 + 4 * len(ALL)]  # connection kept
+        assert batches == [1 + per_unit * len(ALL)]  # connection kept
     finally:
         check.close()
 
@@ -356,8 +358,8 @@ def test_alias_is_listed_under_its_unit_name() -> None:
     bus = _CannedBus({"web.service": NGINX})
     check = UnitsCheck(("web.service", NGINX))
     for expected in (
-        [["ListUnitsByNames"] + ["Get"] * 8, ["ListUnitsByNames"]],  # the alias alone, to tell
-        [["ListUnitsByNames"] + ["Get"] * 8],
+        [["ListUnitsByNames"] + ["Get"] * 16, ["ListUnitsByNames"]],  # the alias alone, to tell
+        [["ListUnitsByNames"] + ["Get"] * 16],
     ):
         bus.batches.clear()
         units = check._query(bus, Deadline.after(5))  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ SPEC = CauseSpec(
         for_seconds=60,
         labels=(("oom_kill", "recent_oom_kill"),),
     ),
-    faults=("backend_stopped",),
+    faults=("backend_stopped", "backend_crashes_at_boot"),
 )
 
 

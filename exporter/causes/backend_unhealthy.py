@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from exporter.causes import commands
-from exporter.causes.model import AlertText, Cause, CauseSpec
+from exporter.causes.model import AlertText, Cause, CauseSpec, Finding, failing_findings
+
+
+def _unless_database_down(cause: Cause, findings: Sequence[Finding]) -> tuple[Finding, ...]:
+    """Unhealthy because its database refuses: that is the cause (database_down)."""
+    if any(f.failing_cause is Cause.DATABASE_DOWN for f in findings):
+        return ()
+    return failing_findings(cause, findings)
+
 
 SPEC = CauseSpec(
     cause=Cause.BACKEND_UNHEALTHY,
@@ -18,6 +28,7 @@ SPEC = CauseSpec(
         for_seconds=120,
     ),
     faults=("backend_unhealthy",),
+    decide=_unless_database_down,
 )
 
 

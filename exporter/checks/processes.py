@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.config import ProcessPatterns
+from exporter.config import PidFiles, ProcessPatterns
 from exporter.deadline import Deadline
 
 SERVICES = ("nginx", "php_fpm", "backend")
@@ -63,8 +63,23 @@ class ProcessesCheck:
 
     collector = "processes"
 
-    def __init__(self, patterns: ProcessPatterns, proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        patterns: ProcessPatterns,
+        proc_root: str = "/proc",
+        pid_files: PidFiles | None = None,
+        units: dict[str, str] | None = None,
+        discovered_pid_files: frozenset[str] = frozenset(),
+    ) -> None:
+        """``discovered_pid_files``: services whose pid file discovery read from a config file (which the
+        running master may not use): a missing one leaves the decision to the titles."""
         self._patterns = {service: re.compile(getattr(patterns, service)) for service in SERVICES}
+        files = pid_files or PidFiles()
+        self._pid_files = {s: path for s in SERVICES if (path := getattr(files, s)) is not None}
+        self._discovered_pid_files = discovered_pid_files
+        self._units = dict(units or {})
+        """Service -> its systemd unit: of the processes with its title, those in the unit's cgroup."""
+        self._systemd_host = os.path.isdir("/run/systemd/system")
         self._proc = proc_root
         # (pid, inode of /proc/PID) -> what stat and cmdline said, and when the process was first seen
         self._known: dict[tuple[int, int], tuple[_ProcEntry, float]] = {}
@@ -90,6 +105,7 @@ class ProcessesCheck:
                     matches[command] = hits
                 for service in hits:
                     mains_of[service].append(pid)
+            self._identify(mains_of, table)
         children: dict[int, list[int]] = {}
         for entry in table.values():
             children.setdefault(entry.ppid, []).append(entry.pid)
@@ -110,6 +126,24 @@ class ProcessesCheck:
             )
         self._watched = watched
         return ProcessesResult(services=tuple(services))
+
+    def _identify(self, mains_of: dict[str, list[int]], table: dict[int, _ProcEntry]) -> None:
+        """Of the processes with a service's title, the one its pid file names, or those of its unit."""
+        for service, unit in self._units.items():
+            if service not in self._pid_files:
+                mains_of[service] = self._in_unit(mains_of[service], unit)
+        for service, path in self._pid_files.items():
+            # The pid file says which process is the service, whatever else has its title: a
+            # missing or stale one means it does not run (a master removes it when it stops).
+            named = _pid_in(path)
+            if named or service not in self._discovered_pid_files:
+                mains_of[service] = [named] if named in table else []
+
+    def _in_unit(self, pids: list[int], unit: str) -> list[int]:
+        """Those of ``pids`` in ``unit``'s cgroup (its MainPID and children): all of them when none is
+        and this host does not run systemd itself (then the cgroups name no unit)."""
+        inside = [pid for pid in pids if _cgroup_unit(f"{self._proc}/{pid}/cgroup") == unit]
+        return inside if inside or self._systemd_host else pids
 
     def _scan(self) -> dict[int, _ProcEntry]:
         table: dict[int, _ProcEntry] = {}
@@ -173,6 +207,30 @@ class ProcessesCheck:
         if not command:
             command = stat_raw[stat_raw.find(b"(") + 1 : stat_raw.rfind(b")")].decode("utf-8", "replace")
         return command
+
+
+def _cgroup_unit(path: str) -> str | None:
+    """The unit whose cgroup a process is in (the last ``.service`` of its systemd cgroup path)."""
+    try:
+        lines = _read(path, 2048).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, cgroup = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if controllers in ("name=systemd", ""):
+            units = [part for part in cgroup.split("/") if part.endswith(".service")]
+            if units:
+                return units[-1]
+    return None
+
+
+def _pid_in(path: str) -> int:
+    """The pid a pid file names; 0 when there is no such file or it names none."""
+    try:
+        text = _read(path, 64).split(b"\n", 1)[0].strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 def _read(path: str, size: int = 4096) -> bytes:

@@ -13,11 +13,14 @@ a generic client library spends most of this check's CPU time building message o
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
@@ -25,6 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporter.checks.journal import JournalReader, UnitJournal
 from exporter.deadline import Deadline
 
 DEFAULT_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
@@ -49,7 +53,20 @@ _PROPERTIES: Final = (
     (_UNIT_IFACE, "ActiveEnterTimestamp"),
     (_SERVICE_IFACE, "NRestarts"),
     (_SERVICE_IFACE, "MainPID"),
+    (_SERVICE_IFACE, "Result"),
+    (_SERVICE_IFACE, "ExecMainCode"),
+    (_SERVICE_IFACE, "ExecMainStatus"),
+    (_UNIT_IFACE, "InactiveEnterTimestamp"),
 )
+
+RESULTS: Final = (
+    "success", "exit-code", "signal", "core-dump", "timeout", "oom-kill", "start-limit-hit", "watchdog",
+    "resources", "protocol", "other",
+)  # fmt: skip
+"""systemd's ``Result`` of a service, bounded: anything systemd adds later counts as ``other``."""
+EXIT_CODES: Final = {1: "exited", 2: "killed", 3: "dumped"}
+"""``ExecMainCode`` (the kernel's ``CLD_*``): how the main process ended."""
+DEFAULT_RESTART_WINDOW_SECONDS: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,84 @@ class UnitStatus:
     active_enter_timestamp_seconds: float | None
     main_pid: int | None
     error: str | None = None
+    result: str = ""
+    """systemd's ``Result`` (``exit-code``, ``signal``, ``oom-kill``, ``start-limit-hit``, ...; "" if none)."""
+    exec_main_code: int | None = None
+    """How the last main process ended: 1 exited, 2 killed by a signal, 3 dumped core (0: still running)."""
+    exec_main_status: int | None = None
+    """Its exit status, or the signal's number when it was killed."""
+    inactive_enter_timestamp_seconds: float | None = None
+    """Unix time the unit last became inactive or failed."""
+    restarts_in_window: int | None = None
+    """Automatic restarts within the check's window (a restart loop); None when unknown."""
+    journal: UnitJournal | None = None
+    """Its last journal lines, read when it failed, stopped with an error or restarts; else None."""
+
+    @property
+    def troubled(self) -> bool:
+        """Failed, stopped with an error, waiting to be restarted, or restarted lately: read its journal."""
+        if self.load_state != "loaded":
+            return False
+        if (
+            self.active_state == "failed"
+            or self.sub_state == "auto-restart"
+            or (self.restarts_in_window or 0) > 0
+        ):
+            return True
+        return self.active_state == "inactive" and self.result not in ("", "success")
+
+    @property
+    def exit_code_name(self) -> str | None:
+        """``exited``, ``killed`` or ``dumped`` for a main process that ended; None otherwise."""
+        return EXIT_CODES.get(self.exec_main_code or 0)
+
+    def how_it_ended(self) -> str | None:
+        """``exit-code, status=78`` or ``signal, SIGKILL`` or ``oom-kill``: why the unit stopped or failed."""
+        if self.result in ("", "success"):
+            return None
+        parts = [self.result]
+        code, status = self.exit_code_name, self.exec_main_status
+        if code == "exited" and status is not None:
+            parts.append(f"status={status}")
+        elif code in ("killed", "dumped") and status:
+            parts.append(_signal_name(status) + (" (core dumped)" if code == "dumped" else ""))
+        return ", ".join(parts)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class RestartWindow:
+    """Automatic restarts (``NRestarts``) per unit within the last ``seconds``, from the readings of each run.
+
+    On a unit's first reading nothing earlier is known: its restarts count as within the window when
+    the unit changed state within it (``NRestarts`` counts from the last manual start). A manual
+    start resets ``NRestarts``; the history starts over then.
+    """
+
+    def __init__(self, seconds: float = DEFAULT_RESTART_WINDOW_SECONDS) -> None:
+        self.seconds = seconds
+        self._seen: dict[str, list[tuple[float, int]]] = {}
+
+    def observe(self, unit: UnitStatus, now: float, wall: float) -> int | None:
+        if unit.n_restarts is None:
+            return None
+        seen = self._seen.get(unit.name)
+        if not seen or unit.n_restarts < seen[-1][1]:
+            changed = max(
+                unit.active_enter_timestamp_seconds or 0.0, unit.inactive_enter_timestamp_seconds or 0.0
+            )
+            recent = unit.sub_state == "auto-restart" or wall - changed <= self.seconds
+            seen = self._seen[unit.name] = [(now - self.seconds, 0 if recent else unit.n_restarts)]
+        seen.append((now, unit.n_restarts))
+        # Keep the last reading older than the window as the baseline, and every reading within it.
+        while len(seen) > 2 and seen[1][0] <= now - self.seconds:
+            seen.pop(0)
+        return unit.n_restarts - seen[0][1]
 
 
 @dataclass(frozen=True)
@@ -413,8 +508,16 @@ class UnitsCheck:
 
     collector = "units"
 
-    def __init__(self, units: Sequence[str], bus_address: str | None = None) -> None:
+    def __init__(
+        self,
+        units: Sequence[str],
+        bus_address: str | None = None,
+        restart_window_seconds: float = DEFAULT_RESTART_WINDOW_SECONDS,
+        journal: JournalReader | None = None,
+    ) -> None:
         self.units = tuple(units)
+        self.journal = journal
+        self._restarts = RestartWindow(restart_window_seconds)
         self.bus_address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
@@ -471,8 +574,21 @@ class UnitsCheck:
                 return UnitsResult(False, f"system bus {path}: {_describe(exc)}", ())
             except _BusError as exc:
                 return UnitsResult(False, f"systemd: {exc}", ())
-            return UnitsResult(True, None, units)
+            now, wall = time.monotonic(), time.time()
+            units = tuple(
+                dataclasses.replace(u, restarts_in_window=self._restarts.observe(u, now, wall)) for u in units
+            )
+            return UnitsResult(True, None, self._with_journals(units, deadline))
         raise AssertionError("unreachable")
+
+    def _with_journals(self, units: tuple[UnitStatus, ...], deadline: Deadline) -> tuple[UnitStatus, ...]:
+        """Each troubled unit with its last journal lines (read one after the other, under ``deadline``)."""
+        reader = self.journal
+        if reader is None or reader.lines <= 0:
+            return units
+        return tuple(
+            dataclasses.replace(u, journal=reader.read(u.name, deadline)) if u.troubled else u for u in units
+        )
 
     def _query(self, conn: _Connection, deadline: Deadline) -> tuple[UnitStatus, ...]:
         listed, *gets = conn.call_all(self._calls, deadline)
@@ -535,8 +651,16 @@ def _variant(reply: _Reply) -> Any:
     return variant[1] if isinstance(variant, tuple) and len(variant) == 2 else None
 
 
+def _timestamp(value: Any) -> float | None:
+    return value / 1e6 if isinstance(value, int) and value else None
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _status(unit: str, entry: tuple[Any, ...], values: list[Any]) -> UnitStatus:
-    file_state, timestamp, restarts, main_pid = values
+    file_state, timestamp, restarts, main_pid, result, code, status, inactive = values
     return UnitStatus(
         name=unit,
         load_state=str(entry[2]),
@@ -546,6 +670,10 @@ def _status(unit: str, entry: tuple[Any, ...], values: list[Any]) -> UnitStatus:
         n_restarts=int(restarts) if isinstance(restarts, int) else None,
         active_enter_timestamp_seconds=timestamp / 1e6 if isinstance(timestamp, int) and timestamp else None,
         main_pid=int(main_pid) if isinstance(main_pid, int) and main_pid else None,
+        result=str(result or ""),
+        exec_main_code=_number(code),
+        exec_main_status=_number(status),
+        inactive_enter_timestamp_seconds=_timestamp(inactive),
     )
 
 
@@ -597,3 +725,44 @@ def metric_families(result: UnitsResult) -> Iterable[Metric]:
         if unit.active_enter_timestamp_seconds is not None and unit.active_state in ("active", "reloading"):
             since.add_metric([unit.name], unit.active_enter_timestamp_seconds)
     yield from (state, loaded, enabled, restarts, since)
+    yield from _failure_families(result.units)
+
+
+def _failure_families(units: Sequence[UnitStatus]) -> Iterable[Metric]:
+    """Why a unit stopped or failed (``Result``, the main process's exit), and restarts in the window."""
+    outcome = GaugeMetricFamily(
+        "badgateway_unit_result",
+        "systemd's Result of the service, one-hot (exit-code, signal, oom-kill, start-limit-hit, timeout, ...;"
+        " other for a value not listed).",
+        labels=["unit", "result"],
+    )
+    main_exit = GaugeMetricFamily(
+        "badgateway_unit_main_exit_status",
+        "How the unit's last main process ended: its exit status (code=exited) or the signal's number"
+        " (code=killed, dumped); absent while it runs.",
+        labels=["unit", "code"],
+    )
+    inactive = GaugeMetricFamily(
+        "badgateway_unit_inactive_since_seconds",
+        "Unix time the unit became inactive or failed; only while inactive or failed.",
+        labels=["unit"],
+    )
+    window = GaugeMetricFamily(
+        "badgateway_unit_restarts_in_window",
+        "Automatic restarts by systemd within the exporter's restart window (units.restart_window_seconds):"
+        " a restart loop.",
+        labels=["unit"],
+    )
+    for unit in units:
+        if unit.result:
+            known = unit.result if unit.result in RESULTS else "other"
+            for name in RESULTS:
+                outcome.add_metric([unit.name, name], 1.0 if known == name else 0.0)
+        code = unit.exit_code_name
+        if code is not None and unit.exec_main_status is not None and unit.main_pid is None:
+            main_exit.add_metric([unit.name, code], float(unit.exec_main_status))
+        if unit.inactive_enter_timestamp_seconds is not None and unit.active_state in ("inactive", "failed"):
+            inactive.add_metric([unit.name], unit.inactive_enter_timestamp_seconds)
+        if unit.restarts_in_window is not None:
+            window.add_metric([unit.name], float(unit.restarts_in_window))
+    yield from (outcome, main_exit, inactive, window)

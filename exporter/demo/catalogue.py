@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from exporter.demo.log_faults import LOG_FAULTS
 from exporter.demo.postgres import Postgres, find_bindir
 from exporter.demo.services import Component, FaultError
 from exporter.demo.stack import Stack, StackError, http_status, wait_until
+from exporter.diagnosis.explain import RECOVERED_AFTER_SECONDS
 
 __all__ = [
     "FAULTS",
@@ -290,6 +292,25 @@ def _php_fpm_config_heal(ctx: FaultContext) -> None:
     ctx.services.start("php_fpm")
 
 
+BOOT_ERROR = "could not connect to the database at 127.0.0.1:5432 (settings: DATABASE_URL)"
+
+
+def _backend_boot_crash(ctx: FaultContext) -> None:
+    """A setting that makes the app raise as it is imported, then a restart: the backend cannot start."""
+    ctx.services.stop("backend")
+    ctx.stack.backend_env_file.write_text(f"BADGATEWAY_DEMO_BOOT_ERROR={BOOT_ERROR}\n", encoding="utf-8")
+    try:
+        ctx.services.start("backend")
+    except StackError:
+        return  # expected: uvicorn exits with the app's exception
+    raise FaultError("the backend started although its app raises at import")
+
+
+def _backend_boot_heal(ctx: FaultContext) -> None:
+    ctx.stack.backend_env_file.unlink(missing_ok=True)
+    ctx.services.start("backend")
+
+
 def _database_unavailable(ctx: FaultContext) -> str | None:
     del ctx
     return None if find_bindir() is not None else "PostgreSQL is not installed (Debian package postgresql-15)"
@@ -305,6 +326,11 @@ def _database_stop(ctx: FaultContext) -> None:
     wait_until(
         lambda: http_status(ctx.stack.backend_port, "/health", 1.0) == 200, 15.0, "the backend's /health"
     )
+    # The restart's refused connects are an incident of their own: let it be over (the backend answers
+    # and nginx logged nothing for that long) before the fault, or they stay unexplained 502s meanwhile.
+    answered = time.monotonic()
+    wait_until(lambda: time.monotonic() - answered > RECOVERED_AFTER_SECONDS, RECOVERED_AFTER_SECONDS + 5,
+               "the backend's restart to be history", interval=0.5)  # fmt: skip
     postgres.stop()
 
 
@@ -333,6 +359,9 @@ FAULTS: tuple[Fault, ...] = (
           _php_fpm_config_break, _php_fpm_config_heal),
     Fault("backend_stopped", Cause.BACKEND_DOWN, "backend stopped",
           lambda ctx: ctx.services.stop("backend"), _start_again("backend")),
+    Fault("backend_crashes_at_boot", Cause.BACKEND_DOWN,
+          "the app raises as uvicorn imports it (a setting in its EnvironmentFile), then restarted",
+          _backend_boot_crash, _backend_boot_heal),
     Fault("database_stopped", Cause.DATABASE_DOWN,
           "PostgreSQL behind the backend (its /health checks it) stopped for real",
           _database_stop, _database_heal, _database_unavailable),

@@ -876,6 +876,8 @@ class Stack:
             },
             # php-fpm -t of the stack's own file: every 30 s, and at once when the file changes.
             "php_fpm_test": {"configs": [str(self.php_fpm_conf)]},
+            # The stack's own pid files name its masters (other stacks on the host have the same titles).
+            "pid_files": {"nginx": str(self.root / "run" / "nginx.pid"), "php_fpm": str(self.root / "run" / "php-fpm.pid")},
             "processes": {
                 "nginx": r"^nginx: master process .* -c " + re.escape(str(self.nginx_conf)) + r"(?:\s|$)",
                 "php_fpm": r"^php-fpm: master process \(" + re.escape(str(self.php_fpm_conf)) + r"\)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -216,28 +217,35 @@ class Discovered:
 
     def pool_for(self, address: str) -> PoolFacts | None:
         """The pool whose ``listen`` is ``address`` (unix path or host:port)."""
-        wanted = listen_address(address)
-        if self.php_fpm is None:
-            return None
-        return next((p for p in self.php_fpm.pools if p.listen == wanted), None)
+        return self._pools_by_listen.get(listen_address(address))
 
     def passes_to(self, address: str) -> tuple[Pass, ...]:
         """Every ``*_pass`` that sends requests to ``address`` (``unix:PATH``, a path or ``host:port``)."""
-        wanted = listen_address(address.removeprefix("unix:"))
-        if self.nginx is None:
-            return ()
-        return tuple(p for p in self.nginx.passes if any(t.address == wanted for t in p.targets))
+        return self._passes_by_target.get(listen_address(address.removeprefix("unix:")), ())
 
     def fastcgi_passes(self, address: str) -> tuple[Pass, ...]:
         """nginx ``fastcgi_pass`` directives that send requests to ``address``."""
         wanted = listen_address(address)
-        if self.nginx is None:
-            return ()
-        return tuple(
-            p
-            for p in self.nginx.passes
-            if p.directive == "fastcgi_pass" and any(t.address == wanted for t in p.targets)
-        )
+        return tuple(p for p in self._passes_by_target.get(wanted, ()) if p.directive == "fastcgi_pass")
+
+    # Indexes built on first use: the diagnosis asks once per pool and round, with 100 pools and 100
+    # server blocks a scan each time was a tenth of the round's CPU.
+    @cached_property
+    def _pools_by_listen(self) -> dict[str, PoolFacts]:
+        found: dict[str, PoolFacts] = {}
+        for pool in self.php_fpm.pools if self.php_fpm is not None else ():
+            listen = pool.listen
+            if listen is not None:
+                found.setdefault(listen, pool)
+        return found
+
+    @cached_property
+    def _passes_by_target(self) -> dict[str, tuple[Pass, ...]]:
+        found: dict[str, list[Pass]] = {}
+        for item in self.nginx.passes if self.nginx is not None else ():
+            for address in dict.fromkeys(t.address for t in item.targets):
+                found.setdefault(address, []).append(item)
+        return {address: tuple(items) for address, items in found.items()}
 
 
 def listen_address(value: str) -> str:

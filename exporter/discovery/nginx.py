@@ -97,6 +97,7 @@ class _Walk:
     servers: list[Server] = field(default_factory=list)
     limits: list[Directive] = field(default_factory=list)
     resolvers: list[Directive] = field(default_factory=list)
+    pid: tuple[str, Origin] | None = None
 
 
 _LIMITS = ("worker_connections", "worker_rlimit_nofile", "worker_processes")
@@ -153,6 +154,7 @@ def discover_nginx(
         servers=tuple(walk.servers),
         limits=tuple(walk.limits),
         resolvers=tuple(walk.resolvers),
+        pid_file=walk.pid,
     )
 
 
@@ -346,8 +348,8 @@ def _args(stmt: Stmt) -> list[str]:
 def _walk_main(walk: _Walk, block: list[tuple[Stmt, str]]) -> None:
     for stmt, file in block:
         name, args = stmt.get("directive"), _args(stmt)
-        if name == "user" and args:
-            walk.user = (args[0], _origin(stmt, file))
+        if name in ("user", "pid") and args:
+            _main_value(walk, str(name), args[0], _origin(stmt, file))
         elif name == "error_log" and args:
             _add_log(walk, args[0], _origin(stmt, file))
         elif name in _LIMITS and args:
@@ -365,6 +367,14 @@ def _walk_main(walk: _Walk, block: list[tuple[Stmt, str]]) -> None:
                 if inner.get("directive") == "upstream" and _args(inner):
                     _upstream(walk, _args(inner)[0], _flatten(walk, inner.get("block", []), inner_file))
             _walk_block(walk, http, _Scope(), "http")
+
+
+def _main_value(walk: _Walk, name: str, value: str, origin: Origin) -> None:
+    """``user`` (the workers' user) or ``pid`` (the master's pid file, relative to the prefix)."""
+    if name == "user":
+        walk.user = (value, origin)
+    elif value != "off":
+        walk.pid = (value if os.path.isabs(value) else os.path.join(walk.prefix, value), origin)
 
 
 def _add_log(walk: _Walk, path: str, origin: Origin) -> None:

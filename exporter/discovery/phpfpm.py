@@ -113,6 +113,7 @@ def discover_php_fpm(
     problems: list[ConfigProblem] = []
     pools: list[PoolFacts] = []
     logs: list[tuple[str, Origin]] = []
+    pid_files: list[tuple[str, Origin]] = []
     for config_file in config_files:
         if not os.path.exists(config_file):
             problems.append(ConfigProblem("php_fpm", config_file, None, "no such file"))
@@ -122,6 +123,12 @@ def discover_php_fpm(
         files += reader.files
         problems += reader.problems
         pools += reader.pools.values()
+        pid = reader.global_settings.get("pid")
+        if pid is not None and pid.value:
+            pid_path = (
+                pid.value if os.path.isabs(pid.value) else os.path.join(prefix or LOG_PREFIX, pid.value)
+            )
+            pid_files.append((pid_path, pid.origin))
         error_log = reader.global_settings.get("error_log")
         log_path = error_log.value if error_log else "log/php-fpm.log"
         if log_path != "syslog" and not log_path.startswith("/dev/"):
@@ -138,4 +145,5 @@ def discover_php_fpm(
         problems=tuple(problems),
         pools=tuple(pools),
         error_logs=tuple(logs),
+        pid_files=tuple(pid_files),
     )

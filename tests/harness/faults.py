@@ -124,6 +124,9 @@ class SystemdServices:
             BACKEND: "[Unit]\nDescription=uvicorn backend (fault matrix)\n\n[Service]\n"
             f"{common}ExecStart={_exec(self.stack.backend_argv())}\nEnvironment={env}\n"
             f"EnvironmentFile=-{self.stack.backend_env_file}\n"
+            # As production units do: a crash is restarted; one at every boot is a restart loop
+            # until the start limit (5 in 10 s) leaves it failed (backend_crashes_at_boot).
+            "Restart=on-failure\nRestartSec=1\n"
             f"WorkingDirectory={self.stack.root}\nStandardOutput=append:{log}/backend.log\n{install}",
         }
 

@@ -55,7 +55,8 @@ STUB_TARGETS = (
     "nss-user-lookup",
     "remote-fs",
 )
-COPIED_UNITS = ("dbus.socket", "dbus.service", "exit.target", "systemd-exit.service", "final.target")
+COPIED_UNITS = ("dbus.socket", "dbus.service", "exit.target", "systemd-exit.service", "final.target",
+                "systemd-journald.socket", "systemd-journald-dev-log.socket", "systemd-journald.service")  # fmt: skip
 UNIT_SOURCE_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
 
 # Units of the test stack (names as on a production host).
@@ -77,6 +78,8 @@ mount --make-rprivate /
 mount --bind "$T/run" /run
 mount --bind "$T/etc-systemd-system" /etc/systemd/system
 if [ -d /var/lib/systemd ]; then mount --bind "$T/var-lib-systemd" /var/lib/systemd; fi
+# journald keeps its files in the temp folder, never in the host's /var/log/journal.
+if [ -d /var/log/journal ]; then mount --bind "$T/var-log-journal" /var/log/journal; fi
 # systemd as PID 1 writes to /dev/console: send that to our log file, never to the host's console.
 if [ -e /dev/console ]; then mount --bind "$T/console.log" /dev/console; fi
 if [ -e /dev/kmsg ]; then mount --bind "$T/console.log" /dev/kmsg; fi
@@ -246,7 +249,10 @@ def _unit_files(extra_units: dict[str, str]) -> dict[str, str]:
         files[name] = source.read_text()
     for stub in STUB_TARGETS:
         files[f"{stub}.target"] = f"[Unit]\nDescription=stub {stub}\n"
-    files[TARGET] = "[Unit]\nDescription=badgateway test root\nWants=dbus.socket dbus.service\n"
+    files[TARGET] = (
+        "[Unit]\nDescription=badgateway test root\n"
+        "Wants=dbus.socket dbus.service systemd-journald.socket systemd-journald.service\n"
+    )
     files.update(extra_units)
     return files
 
@@ -323,6 +329,8 @@ class SystemdHarness:
         self.unit_dir = self.tmp / "etc-systemd-system"
         self.bus_path = self.tmp / "run" / "dbus" / "system_bus_socket"
         self.bus_address = f"unix:path={self.bus_path}"
+        # journald (a unit of this systemd) keeps a volatile journal in the private /run.
+        self.journal_directory = self.tmp / "run" / "log" / "journal"
         self.nginx_port = free_port()
         self.backend_port = free_port()
         self.with_stack = with_stack
@@ -343,7 +351,8 @@ class SystemdHarness:
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         # Parents must be traversable for www-data (php-fpm/nginx workers).
-        for folder in (self.tmp, *[self.tmp / d for d in ("run", "etc-systemd-system", "var-lib-systemd")]):
+        private = ("run", "etc-systemd-system", "var-lib-systemd", "var-log-journal")
+        for folder in (self.tmp, *[self.tmp / d for d in private]):
             folder.mkdir(exist_ok=True)
             folder.chmod(0o755)
         (self.tmp / "empty").mkdir()
@@ -481,6 +490,12 @@ class SystemdHarness:
         (path,) = self.manager("LoadUnit", "s", (unit,))
         (variant,) = self.call(path, "org.freedesktop.DBus.Properties", "Get", "ss", (interface, prop))
         return variant[1]
+
+    def add_units(self, files: dict[str, str]) -> None:
+        """Write unit files into the namespace's unit folder and make systemd read them (Reload)."""
+        for name, text in files.items():
+            (self.unit_dir / name).write_text(text, encoding="utf-8")
+        self.manager("Reload")
 
     def start_unit(self, unit: str) -> None:
         """StartUnit(unit, "replace") (returns once queued)."""

@@ -38,7 +38,8 @@ def test_every_spec_has_both_runbooks() -> None:
 
 
 def test_every_spec_names_the_collectors_it_decides_from() -> None:
-    known = {"processes", "units", "sockets", "fastcgi", "http", "resources", "nginx_config", "logs"}
+    known = {"processes", "units", "sockets", "fastcgi", "http", "resources", "nginx_config", "logs",
+             "php_fpm_config", "database"}  # fmt: skip
     for spec in SPECS:
         assert spec.evidence, spec.cause
         assert set(spec.evidence) <= known, spec.cause

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
-from exporter.causes import Cause, Facts, Finding, Verdict, backend_down, nginx_down, php_fpm_down
+from exporter.causes import Cause, Facts, Finding, Verdict, backend_down, commands, nginx_down, php_fpm_down
 from exporter.checks.processes import ServiceProcesses
 from exporter.checks.units import ENABLED_FILE_STATES, UnitStatus
 from exporter.diagnosis.context import StepContext, human_bytes
+from exporter.diagnosis.steps.php_fpm_config import invalid_config, php_fpm_start_fix
 from exporter.discovery.units import default_php_fpm_unit
 
 
@@ -22,6 +24,78 @@ ROLES: dict[str, _Role] = {
     "php_fpm": _Role("PHP-FPM", Cause.PHP_FPM_DOWN, php_fpm_down.start),
     "backend": _Role("The Python backend", Cause.BACKEND_DOWN, backend_down.start),
 }
+
+
+def _fix(ctx: StepContext, service: str, unit: str) -> tuple[str, ...]:
+    """How to bring ``service`` back (PHP-FPM: first fix the file ``php-fpm -t`` names, if any).
+
+    A unit that crashes as it starts (a restart loop, ``start-limit-hit``) does not need a start: its log
+    says why it fails.
+    """
+    if service == "php_fpm" and invalid_config(ctx) is not None:
+        return php_fpm_start_fix(ctx, unit)
+    status = unit_status(ctx, service)
+    if status is not None and (restart_loop(ctx, status) or status.result == "start-limit-hit"):
+        return commands.read_why_then_restart(unit)
+    return php_fpm_start_fix(ctx, unit) if service == "php_fpm" else ROLES[service].fix(unit)
+
+
+def unit_status(ctx: StepContext, service: str) -> UnitStatus | None:
+    """What systemd said this round about ``service``'s unit (None: not asked, or no answer)."""
+    result = ctx.results.units
+    name = configured_unit(ctx, service) if ctx.config.units.enabled else None
+    if result is None or not result.available or name is None:
+        return None
+    return next((u for u in result.units if u.name == name), None)
+
+
+def restart_loop(ctx: StepContext, unit: UnitStatus) -> bool:
+    """systemd restarted the unit at least ``units.restart_loop_restarts`` times within the window."""
+    return (unit.restarts_in_window or 0) >= ctx.config.units.restart_loop_restarts
+
+
+def failure_detail(ctx: StepContext, unit: UnitStatus) -> list[str]:
+    """How the unit last ended, when, and whether systemd keeps restarting it."""
+    lines = []
+    how = unit.how_it_ended()
+    if how is not None:
+        when = unit.inactive_enter_timestamp_seconds
+        at = f" at {_utc(when)}" if when and unit.active_state in ("inactive", "failed") else ""
+        lines.append(f"last exit: Result={how}{at}")
+    if restart_loop(ctx, unit):
+        minutes = ctx.config.units.restart_window_seconds / 60
+        lines.append(
+            f"restart loop: systemd restarted it {unit.restarts_in_window} times in the last {minutes:g} min"
+            f" ({unit.n_restarts} since it was last started by hand)"
+        )
+    return lines
+
+
+JOURNAL_SHOWN = 3
+
+
+def journal_evidence(unit: UnitStatus) -> list[str]:
+    """What the unit's own journal says of why: the exception, the backend's events, PHP-FPM's error."""
+    journal = unit.journal
+    if journal is None:
+        return []
+    if journal.error is not None:
+        return [f"journal of {unit.name} not read: {journal.error}"]
+    said: list[str] = []
+    php = journal.php_fpm_error
+    if php is not None:
+        said.append(php[0])
+    events = [line for event, line in journal.events if event != "exception"]
+    said += list(dict.fromkeys(events))[-JOURNAL_SHOWN:]
+    if journal.exception is not None:
+        said.append(journal.exception)
+    if not said:
+        said = [entry.message for entry in journal.lines[-JOURNAL_SHOWN:] if entry.message.strip()]
+    return [f"journal: {line.strip()}" for line in said]
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def processes(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
@@ -55,7 +129,7 @@ def _process_finding(ctx: StepContext, service: str, found: ServiceProcesses | N
         Verdict.FAIL,
         (missing,),
         role.cause,
-        role.fix(unit),
+        _fix(ctx, service, unit),
         Facts(unit=unit),
     )
 
@@ -122,6 +196,7 @@ def _unit_finding(ctx: StepContext, service: str, name: str, unit: UnitStatus) -
     if unit.n_restarts:
         state += f", restarted {unit.n_restarts} times"
     status = f"systemctl status {short}: {state}"
+    detail = failure_detail(ctx, unit) + journal_evidence(unit)
     if unit.load_state != "loaded":
         return Finding(step, title, Verdict.WARN, (f"{name}: LoadState={unit.load_state}",),
                        fix=_unit_not_loaded_hint(service, name))  # fmt: skip
@@ -130,10 +205,18 @@ def _unit_finding(ctx: StepContext, service: str, name: str, unit: UnitStatus) -
             return Finding(
                 step, title, Verdict.WARN, (state, "yet it answers its probe: started outside systemd?")
             )
-        return Finding(step, f"{role.label} unit {name} is {unit.active_state}", Verdict.FAIL, (status,),
-                       role.cause, role.fix(short), Facts(unit=short))  # fmt: skip
+        how = unit.how_it_ended()
+        failed = f"{role.label} unit {name} is {unit.active_state}" + (f" ({how})" if how else "")
+        return Finding(step, failed, Verdict.FAIL, (status, *detail),
+                       role.cause, _fix(ctx, service, short), Facts(unit=short))  # fmt: skip
+    if restart_loop(ctx, unit):
+        looping = f"{role.label} unit {name} is in a restart loop"
+        if ctx.answering[service]:
+            return Finding(step, looping, Verdict.WARN, (status, *detail))
+        return Finding(step, looping, Verdict.FAIL, (status, *detail),
+                       role.cause, _fix(ctx, service, short), Facts(unit=short))  # fmt: skip
     if unit.active_state != "active":
-        return Finding(step, title, Verdict.WARN, (status,))
+        return Finding(step, title, Verdict.WARN, (status, *detail))
     if unit.unit_file_state not in ENABLED_FILE_STATES:
         return Finding(
             step, f"{role.label} unit {name} runs but is not enabled at boot", Verdict.WARN,
