@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dashboards", help="render the Grafana dashboards (dashboards --help)", add_help=False)
     sub.add_parser("demo", help="run the bundled demo stack with the exporter (demo --help)", add_help=False)
     sub.add_parser(
+        "fleet",
+        help="every host's cause, since when and its fix, from Prometheus (fleet --help)",
+        add_help=False,
+    )
+    sub.add_parser(
         "discover", help="print the effective configuration and where each value came from", add_help=False
     )
     return parser
@@ -193,7 +198,7 @@ def _command_position(argv: list[str]) -> int:
 
 
 def _passthrough(argv: list[str]) -> int | None:
-    """``discover``, ``logs``, ``rules``, ``dashboards`` and ``demo`` parse their own arguments."""
+    """``discover``, ``logs``, ``rules``, ``dashboards``, ``demo`` and ``fleet`` parse their own arguments."""
     position = _command_position(argv)
     if position >= len(argv) or argv[position] not in (*_PASSTHROUGH, "discover"):
         return None
@@ -235,11 +240,18 @@ def _demo_main() -> Callable[[list[str]], int]:
     return main
 
 
+def _fleet_main() -> Callable[[list[str]], int]:
+    from exporter.fleet.cli import main
+
+    return main
+
+
 _PASSTHROUGH: dict[str, Callable[[], Callable[[list[str]], int]]] = {
     "logs": _logs_main,
     "rules": _rules_main,
     "dashboards": _dashboards_main,
     "demo": _demo_main,
+    "fleet": _fleet_main,
 }
 
 

@@ -10,6 +10,7 @@ index and the Grafana dashboards, all rendered from :data:`exporter.causes.SPECS
 - :mod:`~exporter.mixin.inhibitions`: ``alertmanager.yml`` and its inhibition rules, from the specs' ``explains``.
 - :mod:`~exporter.mixin.runbooks`: ``docs/runbooks/README.md``.
 - :mod:`~exporter.mixin.panels`, :mod:`~exporter.mixin.rows`, :mod:`~exporter.mixin.dashboards`: the Grafana JSON.
+- :mod:`~exporter.mixin.fleet_dashboard`: the fleet dashboard (hosts and their causes, top hosts, top error kinds).
 - :mod:`~exporter.mixin.cli`: ``badgateway-exporter rules …`` and ``badgateway-exporter dashboards …``.
 
 The mixin imports :mod:`exporter.causes` and nothing of the runtime (checks, rounds, diagnosis,

@@ -1,7 +1,8 @@
 """Grafana dashboards, generated from :mod:`exporter.causes` and the :class:`~exporter.mixin.settings.Settings`
 that render the alert rules.
 
-``badgateway-exporter dashboards render`` writes ``grafana/dashboards/badgateway-overview.json``. The
+``badgateway-exporter dashboards render`` writes ``grafana/dashboards/badgateway-overview.json`` and the
+fleet dashboard ``badgateway-fleet.json`` (:mod:`~exporter.mixin.fleet_dashboard`). The
 cause stats and the table of what ``diagnose`` says (one stat per spec of
 :data:`exporter.causes.SPECS`, with its runbook), the recording-rule names (which carry
 ``error_rate_window``), the front/backend target regexes, the exporter job and the runbook base URL
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 
+from exporter.mixin.fleet_dashboard import FLEET_FILE, fleet
 from exporter.mixin.panels import (
     DATASOURCE,
     INST,
@@ -212,5 +214,6 @@ def overview(settings: Settings | None = None) -> JSON:
 
 
 def render(settings: Settings | None = None) -> dict[str, str]:
-    """File name -> JSON text of every dashboard."""
-    return {OVERVIEW_FILE: json.dumps(overview(settings), indent=2, ensure_ascii=False) + "\n"}
+    """File name -> JSON text of every dashboard: the per-host overview and the fleet."""
+    documents = {OVERVIEW_FILE: overview(settings), FLEET_FILE: fleet(settings)}
+    return {name: json.dumps(doc, indent=2, ensure_ascii=False) + "\n" for name, doc in documents.items()}

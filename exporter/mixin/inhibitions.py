@@ -24,7 +24,7 @@ GROUP_WAIT = "15s"
 _ROUTING = """\
 route:
   receiver: oncall
-  group_by: [instance]
+  group_by: [{group_by}]
   # Budget for "a dead PHP-FPM pages within 2 minutes": scrape ({scrape}) + rule evaluation ({evaluation})
   # + for: {for_} + group_wait {group_wait} = at most {total}.
   group_wait: {group_wait}
@@ -131,14 +131,14 @@ def _yaml_list(key: str, items: tuple[str, ...]) -> list[str]:
     return [f"    {key}:", *(f"      - {item}" for item in quoted)]
 
 
-def _rule_lines(number: int, rule: InhibitRule) -> list[str]:
+def _rule_lines(number: int, rule: InhibitRule, identity: tuple[str, ...]) -> list[str]:
     comment = textwrap.wrap(f"{number}. {rule.why}", width=96, break_on_hyphens=False)
     lines = [f"  # {comment[0]}", *(f"  #    {line}" for line in comment[1:])]
     first, *rest = _yaml_list("source_matchers", rule.source)
     lines.append("  - " + first.strip())
     lines += rest
     lines += _yaml_list("target_matchers", rule.target)
-    lines.append("    equal: [instance]")
+    lines.append(f"    equal: [{', '.join(identity)}]")
     return lines
 
 
@@ -152,6 +152,7 @@ def _routing(settings: Settings) -> str:
         for_=format_duration(for_seconds),
         group_wait=GROUP_WAIT,
         total=format_duration(total),
+        group_by=", ".join(settings.identity),
     )
 
 
@@ -159,6 +160,6 @@ def alertmanager_config(settings: Settings) -> str:
     """The text of ``alertmanager.yml``."""
     lines = [*header("rules", settings), "#", _INTRO, _routing(settings), "inhibit_rules:"]
     for number, rule in enumerate(inhibit_rules(settings), start=1):
-        lines += _rule_lines(number, rule)
+        lines += _rule_lines(number, rule, settings.identity)
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -21,6 +21,12 @@ def upstream_errors_rate_by_kind(settings: Settings) -> str:
 
 
 def recording_rules(settings: Settings) -> list[dict[str, str]]:
+    """The recording rules, each ``by (instance…)`` keeping every identity label (``identity_labels``)."""
+    scope = settings.scope
+    return [{"record": rule["record"], "expr": scope.expr(rule["expr"])} for rule in _rules(settings)]
+
+
+def _rules(settings: Settings) -> list[dict[str, str]]:
     w = settings.error_rate_window
     return [
         {

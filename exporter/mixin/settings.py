@@ -14,6 +14,8 @@ import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from exporter.mixin.templates import Scope
+
 DEFAULT_RUNBOOK_BASE_URL = "https://runbooks.example.org/badgateway-exporter"
 
 _DURATION_RE = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
@@ -22,6 +24,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 _DURATION_KEYS = ("error_rate_window", "oom_window", "disk_fill_window", "disk_fill_horizon")
 _REGEX_KEYS = ("front_target", "backend_target", "exporter_job")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\%`\n]|\\.)*"\s*'
+_SELECTOR_RE = re.compile(rf"^(?:{_MATCHER}(?:,{_MATCHER})*)?$")
 
 
 class MixinError(Exception):
@@ -63,12 +68,26 @@ class Settings:
     disk_fill_window: str = "6h"
     disk_fill_horizon: str = "24h"
     disk_fill_ratio: float = 0.25
+    identity_labels: str = "instance"
+    """The labels that identify one host, comma-separated (``cluster,instance`` in a fleet)."""
+    selector: str = ""
+    """Label matchers added to every series the rules read (``job="badgateway"``); empty: none."""
     for_overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def runbook_base(self) -> str:
         """The runbook base URL without a trailing slash."""
         return self.runbook_base_url.rstrip("/")
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """:attr:`identity_labels` as a tuple."""
+        return tuple(label.strip() for label in self.identity_labels.split(",") if label.strip())
+
+    @property
+    def scope(self) -> Scope:
+        """What identifies a host and which series the rules read (:class:`~exporter.mixin.templates.Scope`)."""
+        return Scope(self.identity, self.selector.strip())
 
     def changed(self) -> list[str]:
         """``key=value`` of every setting that differs from the default (for the file headers)."""
@@ -165,6 +184,7 @@ def validate(s: Settings) -> None:
             parse_duration(getattr(s, key))
         except MixinError as exc:
             raise MixinError(f"--set {key}: {exc}") from None
+    _validate_scope(s)
     for key in _REGEX_KEYS:
         value = getattr(s, key)
         if not value:
@@ -175,3 +195,20 @@ def validate(s: Settings) -> None:
             re.compile(value)
         except re.error as exc:
             raise MixinError(f"--set {key}: invalid regular expression: {exc}") from None
+
+
+def _validate_scope(s: Settings) -> None:
+    labels = s.identity
+    bad = [label for label in labels if not _LABEL_RE.match(label)]
+    if bad:
+        raise MixinError(f"--set identity_labels: {bad[0]!r} is not a label name")
+    if len(set(labels)) != len(labels):
+        raise MixinError("--set identity_labels: a label is named twice")
+    if "instance" not in labels:
+        raise MixinError(
+            "--set identity_labels: must include instance (the exporter's scrape target), e.g. cluster,instance"
+        )
+    if not _SELECTOR_RE.match(s.selector):
+        raise MixinError(
+            f'--set selector: expected PromQL label matchers such as job="badgateway", got {s.selector!r}'
+        )
