@@ -748,11 +748,11 @@ def test_native_scan_rejects_bad_arguments() -> None:
     from exporter.logs._scan import scan_nginx
 
     with pytest.raises(TypeError):
-        scan_nginx("text", 10)  # type: ignore[arg-type]
+        scan_nginx("text", 10)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="max_line"):
         scan_nginx(b"x", -1)
     with pytest.raises(TypeError):
-        scan_nginx(b"x")  # type: ignore[call-arg]
+        scan_nginx(b"x")  # type: ignore[call-overload]
 
 
 @given(lines=st.lists(st.sampled_from([line for line, _, _ in NGINX_TABLE]) | token_lines, max_size=40))
