@@ -9,12 +9,13 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from exporter.checks import Check
 from exporter.checks.analysis import socket_alternatives
 from exporter.checks.database import DatabaseCheck, DatabaseResult
-from exporter.checks.fastcgi import FastCGICheck, FastCGIResult
+from exporter.checks.fastcgi import FastCGIPoolsCheck, FastCGIResult
 from exporter.checks.http import HttpCheck, HttpResult
 from exporter.checks.journal import JournalReader
 from exporter.checks.logs import LogsCheck, LogsResult
@@ -73,7 +74,12 @@ class RoundResults:
 
     def slowest(self, key: str) -> float | None:
         """The slowest observed duration of probe ``key``, if any."""
-        return next((seconds for name, seconds in self.slowest_probe_seconds if name == key), None)
+        return self._slowest_by_probe.get(key)
+
+    @cached_property
+    def _slowest_by_probe(self) -> dict[str, float]:
+        # The diagnosis asks once per probe: a scan each time was quadratic in the pools.
+        return dict(self.slowest_probe_seconds)
 
 
 @dataclass
@@ -122,7 +128,8 @@ def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]
     local checks, which only need the CPU, run.
     """
     checks: list[Check[Any]] = [HttpCheck(target) for target in config.http]
-    checks += [FastCGICheck(pool) for pool in config.php_fpm]
+    # One check for every pool: one selector loop probes them all at once, not a thread per pool.
+    checks += [FastCGIPoolsCheck(config.php_fpm)] if config.php_fpm else []
     if config.units.enabled:
         names = [config.units.nginx, config.units.php_fpm or default_php_fpm_unit()]
         names += [config.units.backend] if config.units.backend else []
@@ -133,7 +140,12 @@ def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]
     unix_sockets += [path for path in backend_sockets(config) if path not in unix_sockets]
     checks += [
         SocketsCheck(unix_sockets, config.nginx_user),
-        ProcessesCheck(config.processes, pid_files=config.pid_files, units=_service_units(config)),
+        ProcessesCheck(
+            config.processes,
+            pid_files=config.pid_files,
+            units=_service_units(config),
+            discovered_pid_files=_discovered_pid_files(config),
+        ),
         ResourcesCheck(config.filesystems),
         LogsCheck(config.logs, watcher),
     ]
@@ -267,7 +279,7 @@ class Prober:
         backend_paths = set(backend_sockets(self.config))
         php_sockets = tuple(s for s in socket_results if s.path not in backend_paths)
         alternatives = socket_alternatives(self.config.discovered, php_sockets)
-        fastcgi_results = tuple(values.get(FastCGICheck.collector, ()))
+        fastcgi_results = tuple(r for batch in values.get(FastCGIPoolsCheck.collector, ()) for r in batch)
         return RoundResults(
             timeout_seconds=timeout_seconds,
             sockets=socket_results,
@@ -281,9 +293,8 @@ class Prober:
             units=_first(values, UnitsCheck.collector),
             logs=_first(values, LogsCheck.collector),
             collectors=_merge_outcomes(outcomes),
-            socket_alternatives=tuple(
-                (path, tuple(sorted(found))) for path, found in sorted(alternatives.items())
-            ),
+            # Each missing socket's alternatives in socket_alternatives' order: the likeliest first.
+            socket_alternatives=tuple((path, tuple(found)) for path, found in sorted(alternatives.items())),
             slowest_probe_seconds=self._slowest(http_results, fastcgi_results),
             recent_oom_kills=self._recent_oom_kills(_first(values, ResourcesCheck.collector), deadline),
         )
@@ -331,3 +342,10 @@ def _service_units(config: Config) -> dict[str, str]:
     if config.units.backend:
         units["backend"] = config.units.backend
     return units
+
+
+def _discovered_pid_files(config: Config) -> frozenset[str]:
+    """Services whose pid file comes from discovery (a config file), not from the exporter's own config."""
+    origins = config.discovered.origins if config.discovered is not None else {}
+    found = (name for name in ("nginx", "php_fpm", "backend") if f"pid_files.{name}" in origins)
+    return frozenset(n for n in found if origins[f"pid_files.{n}"].kind not in ("config", "flag"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from exporter.checks.sockets import SocketResult, UserIdentity
+from exporter.checks.sockets import SocketResult, UserIdentity, accounts_stamp
 from exporter.discovery.model import Discovered, Origin, Pass, PoolFacts, Timeout, listen_address
 
 _CONNECT_TIMEOUT = 0.2
@@ -42,27 +43,47 @@ class PredictedAccess:
 
 
 def _gid(name: str) -> int | None:
+    return _cached_gid(name, accounts_stamp())
+
+
+def _uid(name: str) -> int | None:
+    return _cached_uid(name, accounts_stamp())
+
+
+def _primary_group(user: str) -> str:
+    return _cached_primary_group(user, accounts_stamp())
+
+
+# Each pool's prediction looks up the same few names: read /etc/passwd and /etc/group again only when
+# they change (or a minute passes), not once per pool and round.
+@functools.lru_cache(maxsize=256)
+def _cached_gid(name: str, stamp: tuple[int, ...]) -> int | None:
     import grp
 
+    del stamp
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         return int(name) if name.isdigit() else None
 
 
-def _uid(name: str) -> int | None:
+@functools.lru_cache(maxsize=256)
+def _cached_uid(name: str, stamp: tuple[int, ...]) -> int | None:
     import pwd
 
+    del stamp
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
         return int(name) if name.isdigit() else None
 
 
-def _primary_group(user: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _cached_primary_group(user: str, stamp: tuple[int, ...]) -> str:
     import grp
     import pwd
 
+    del stamp
     try:
         return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:
@@ -72,7 +93,7 @@ def _primary_group(user: str) -> str:
 def predict_access(pool: PoolFacts, user: str) -> PredictedAccess | None:
     """What the pool's ``listen.owner/group/mode`` (or ACLs) mean for ``user``; None for TCP or unknown users."""
     listen = pool.listen
-    who = UserIdentity.lookup(user)
+    who = UserIdentity.cached(user)
     if listen is None or not listen.startswith("/") or who is None:
         return None
     settings = _socket_settings(pool)
@@ -163,7 +184,8 @@ def live_pool_sockets(
 def socket_alternatives(
     discovered: Discovered | None, sockets: tuple[SocketResult, ...]
 ) -> dict[str, dict[str, PoolFacts]]:
-    """For each missing socket no pool declares: the live sockets discovered pools listen on instead."""
+    """For each missing socket no pool declares: the live sockets discovered pools listen on instead,
+    the likeliest first (:func:`_likeliest_first`)."""
     if discovered is None:
         return {}
     missing = [s.path for s in sockets if not s.exists]
@@ -176,8 +198,22 @@ def socket_alternatives(
             continue  # a pool declares it: that pool is down, not a wrong path
         alternatives = {alt: pool for alt, pool in live.items() if alt != path}
         if alternatives:
-            out[path] = alternatives
+            out[path] = _likeliest_first(discovered, path, alternatives)
     return out
+
+
+def _likeliest_first(
+    discovered: Discovered, missing: str, live: dict[str, PoolFacts]
+) -> dict[str, PoolFacts]:
+    """Live sockets that no nginx ``*_pass`` uses first (with 100 pools, the one a mistyped
+    ``fastcgi_pass`` lost, not the first pool's), then the longest shared beginning with ``missing``."""
+
+    def rank(alternative: str) -> tuple[bool, int, str]:
+        used = bool(discovered.passes_to(alternative))
+        shared = next((i for i, (x, y) in enumerate(zip(missing, alternative, strict=False)) if x != y), None)
+        return used, -(min(len(missing), len(alternative)) if shared is None else shared), alternative
+
+    return {alternative: live[alternative] for alternative in sorted(live, key=rank)}
 
 
 @dataclass(frozen=True)

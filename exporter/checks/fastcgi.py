@@ -1,19 +1,28 @@
-"""A real FastCGI request to the PHP-FPM pool's ping and status pages (``cgi-fcgi -bind -connect``).
+"""Real FastCGI requests to each PHP-FPM pool's ping and status pages (``cgi-fcgi -bind -connect``).
 
-flup's record code encodes and decodes the protocol; the socket and its deadline are ours, because
-flup 1.0.3's client is broken on Python 3 and never times out.
+Every pool of a round is probed at once by one selector loop over non-blocking sockets, each request
+on its own connection and under its pool's deadline: no thread per pool (see docs/performance.md,
+"Many pools"). flup encodes the requests and names the protocol's constants; the sockets, their
+deadlines and the decoding of the records are ours, because flup 1.0.3's client is broken on
+Python 3, never times out and reads only blocking sockets.
 """
 
 from __future__ import annotations
 
 import errno
+import heapq
 import json
+import logging
+import os
+import selectors
 import socket
+import struct
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Protocol
 
 from flup.client import fcgi_app as flup_fcgi
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,8 +30,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
 
+log = logging.getLogger(__name__)
+
 _REQUEST_ID = 1
 _MAX_RESPONSE_BYTES = 1 << 20
+_RECV_BYTES = 65536
+_MAX_IN_FLIGHT = 256
+"""Connections open at once; further pools wait for a free one (descriptors stay far below ulimit -n)."""
 
 Probe = Literal["ping", "status", "connect"]
 
@@ -116,40 +130,6 @@ class Address:
         return cls(socket.AF_INET, (host, int(port)))
 
 
-class _DeadlineSocket:
-    """Gives flup's record code a socket whose every call honours our deadline."""
-
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
-        self.timed_out = False
-
-    def _arm(self) -> None:
-        if self._deadline.expired():
-            self.timed_out = True
-            raise TimeoutError("FastCGI deadline passed")
-        self._sock.settimeout(self._deadline.remaining())
-
-    def recv(self, size: int) -> bytes:
-        self._arm()
-        try:
-            return self._sock.recv(size)
-        except TimeoutError:
-            self.timed_out = True
-            raise
-
-    def send(self, data: bytes) -> int:
-        self._arm()
-        try:
-            return self._sock.send(data)
-        except TimeoutError:
-            self.timed_out = True
-            raise
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-
 _CONNECT_ERRORS = {
     errno.ENOENT: FailureReason.SOCKET_MISSING,
     errno.ENOTDIR: FailureReason.SOCKET_MISSING,
@@ -159,21 +139,6 @@ _CONNECT_ERRORS = {
     errno.ENOTSOCK: FailureReason.CONNECTION_REFUSED,
     errno.EAGAIN: FailureReason.TIMEOUT,  # unix socket backlog full
 }
-
-
-def _connect(address: Address, deadline: Deadline) -> socket.socket:
-    sock = socket.socket(address.family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(deadline.remaining())
-        sock.connect(address.target)
-    except TimeoutError:
-        sock.close()
-        raise ProbeFailed(FailureReason.TIMEOUT, "connect() timed out") from None
-    except OSError as exc:
-        sock.close()
-        reason = _CONNECT_ERRORS.get(exc.errno or 0, FailureReason.CONNECTION_REFUSED)
-        raise ProbeFailed(reason, f"connect() failed ({exc.errno}: {exc.strerror})") from None
-    return sock
 
 
 def _request_params(path: str, query: str) -> dict[str, str]:
@@ -191,62 +156,304 @@ def _request_params(path: str, query: str) -> dict[str, str]:
     }
 
 
-def _write_record(sock: _DeadlineSocket, kind: int, content: bytes) -> None:
-    record = flup_fcgi.Record(kind, _REQUEST_ID)
-    record.contentData = content
-    record.contentLength = len(content)
-    record.write(sock)
+class _Sink:
+    """Collects what flup's record writer sends."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1
+
+
+def encode_request(path: str, query: str) -> bytes:
+    """The bytes of one FastCGI RESPONDER request for ``path?query``; the server closes the connection
+    after it. (Not FCGI_KEEP_CONN with a second request on the same connection: PHP-FPM 8.2 then never
+    takes the first one off its scoreboard, and ``active processes`` grows by one every round.)
+    """
+    sink = _Sink()
+    begin = struct.pack(flup_fcgi.FCGI_BeginRequestBody, flup_fcgi.FCGI_RESPONDER, 0)
+    params = b"".join(
+        flup_fcgi.encode_pair(k.encode(), v.encode()) for k, v in _request_params(path, query).items()
+    )
+    for kind, content in (
+        (flup_fcgi.FCGI_BEGIN_REQUEST, begin),
+        (flup_fcgi.FCGI_PARAMS, params),
+        (flup_fcgi.FCGI_PARAMS, b""),
+        (flup_fcgi.FCGI_STDIN, b""),
+    ):
+        record = flup_fcgi.Record(kind, _REQUEST_ID)
+        record.contentData = content
+        record.contentLength = len(content)
+        record.write(sink)
+    return b"".join(sink.parts)
+
+
+_HEADER = struct.Struct(flup_fcgi.FCGI_Header)
+
+
+class _Exchange:
+    """One request on its own non-blocking connection: connect, send, read up to FCGI_END_REQUEST.
+
+    Driven by :class:`_Loop`: :meth:`start`, then :meth:`handle` whenever the socket is ready for
+    :attr:`events`, or :meth:`expire` once :attr:`deadline` passes. ``request`` None: connect only.
+    """
+
+    __slots__ = ("_buffer", "_request", "_sent", "_size", "_stderr", "_stdout", "address", "deadline",
+                 "failure", "phase", "response", "sock")  # fmt: skip
+
+    def __init__(self, address: Address, request: bytes | None, deadline: Deadline) -> None:
+        self.address = address
+        self._request = request
+        self.deadline = deadline
+        self.sock: socket.socket | None = None
+        self.phase: Literal["new", "connect", "send", "read", "done"] = "new"
+        self.failure: ProbeFailed | None = None
+        self.response: FastCGIResponse | None = None
+        self._buffer = bytearray()
+        self._sent = 0
+        self._size = 0
+        self._stdout: list[bytes] = []
+        self._stderr: list[bytes] = []
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    @property
+    def events(self) -> int:
+        return selectors.EVENT_READ if self.phase == "read" else selectors.EVENT_WRITE
+
+    def outcome(self) -> FastCGIResponse:
+        """The response; raises the :class:`ProbeFailed` that ended the exchange without one."""
+        if self.failure is not None:
+            raise self.failure
+        assert self.response is not None
+        return self.response
+
+    def start(self) -> None:
+        try:
+            self.sock = socket.socket(self.address.family, socket.SOCK_STREAM)
+            self.sock.setblocking(False)
+            self.sock.connect(self.address.target)
+        except BlockingIOError as exc:
+            if exc.errno == errno.EINPROGRESS:  # TCP: writable once connected
+                self.phase = "connect"
+                return
+            self._connect_failed(exc.errno, exc.strerror)  # a unix socket's full backlog: EAGAIN
+            return
+        except OSError as exc:
+            self._connect_failed(exc.errno, exc.strerror)
+            return
+        self._connected()
+
+    def handle(self, mask: int) -> None:
+        """The socket is ready: go as far as it allows."""
+        if self.phase == "connect":
+            assert self.sock is not None
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._connect_failed(error, os.strerror(error))
+            else:
+                self._connected()
+        elif self.phase == "send":
+            self._send()
+        elif self.phase == "read" and mask & selectors.EVENT_READ:
+            self._receive()
+
+    def expire(self) -> None:
+        """The deadline passed before the end of the response."""
+        detail = {
+            "connect": "connect() timed out",
+            "send": "sending the request timed out",
+        }.get(self.phase, "no answer before the deadline")
+        self._finish(ProbeFailed(FailureReason.TIMEOUT, detail))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def fail(self, failure: ProbeFailed) -> None:
+        self._finish(failure)
+
+    def _finish(self, failure: ProbeFailed | None = None) -> None:
+        """Done: the loop unregisters and closes the socket (a closed descriptor would stay in epoll)."""
+        self.failure = failure
+        self.phase = "done"
+
+    def _connect_failed(self, number: int | None, text: str | None) -> None:
+        reason = _CONNECT_ERRORS.get(number or 0, FailureReason.CONNECTION_REFUSED)
+        self._finish(ProbeFailed(reason, f"connect() failed ({number}: {text})"))
+
+    def _connected(self) -> None:
+        if self._request is None:
+            self._finish()
+        elif self.deadline.expired():
+            self._finish(ProbeFailed(FailureReason.TIMEOUT, "sending the request timed out"))
+        else:
+            self.phase = "send"
+            self._send()
+
+    def _send(self) -> None:
+        assert self.sock is not None and self._request is not None
+        try:
+            self._sent += self.sock.send(self._request[self._sent :])
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(ProbeFailed(FailureReason.BAD_RESPONSE, f"send failed: {exc}"))
+            return
+        if self._sent == len(self._request):
+            self.phase = "read"
+
+    def _receive(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # a reset: the response ends here
+        if not data:
+            self._finish(
+                ProbeFailed(FailureReason.BAD_RESPONSE, "connection closed before the end of the response")
+            )
+            return
+        self._buffer += data
+        self._records()
+
+    def _records(self) -> None:
+        """Decode every complete record received; finish at FCGI_END_REQUEST."""
+        buffer, start = self._buffer, 0
+        while len(buffer) - start >= flup_fcgi.FCGI_HEADER_LEN:
+            _, kind, request_id, length, padding = _HEADER.unpack_from(buffer, start)
+            content = start + flup_fcgi.FCGI_HEADER_LEN
+            end = content + length + padding
+            if len(buffer) < end:
+                break
+            if request_id == _REQUEST_ID:
+                self._size += length
+                if self._size > _MAX_RESPONSE_BYTES:
+                    self._finish(ProbeFailed(FailureReason.BAD_RESPONSE, "response larger than 1 MiB"))
+                    return
+                if kind == flup_fcgi.FCGI_STDOUT:
+                    self._stdout.append(bytes(buffer[content : content + length]))
+                elif kind == flup_fcgi.FCGI_STDERR:
+                    self._stderr.append(bytes(buffer[content : content + length]))
+                elif kind == flup_fcgi.FCGI_END_REQUEST:
+                    self._end()
+                    return
+            start = end
+        del buffer[:start]
+
+    def _end(self) -> None:
+        stderr = b"".join(self._stderr).decode("utf-8", "replace").strip()
+        try:
+            self.response = _parse_cgi(b"".join(self._stdout), stderr)
+        except ProbeFailed as exc:
+            self._finish(exc)
+            return
+        self._finish()
+
+
+class _Job(Protocol):
+    """A sequence of exchanges: the first, then each next one from how the previous one ended."""
+
+    def first(self) -> _Exchange | None: ...
+
+    def advance(self, finished: _Exchange) -> _Exchange | None: ...
+
+
+class _Loop:
+    """One selector loop: every job's exchanges at once, at most :data:`_MAX_IN_FLIGHT` connections."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        self._active: dict[_Exchange, _Job] = {}
+        self._expiries: list[tuple[float, int, _Exchange]] = []
+        self._started = 0
+
+    def run(self, jobs: Iterable[_Job]) -> None:
+        pending = deque(jobs)
+        while pending or self._active:
+            while pending and len(self._active) < _MAX_IN_FLIGHT:
+                job = pending.popleft()
+                self._launch(job, job.first())
+            if self._active:
+                self._step()
+
+    def _launch(self, job: _Job, exchange: _Exchange | None) -> None:
+        while exchange is not None:
+            exchange.start()
+            if not exchange.done:
+                assert exchange.sock is not None
+                self._selector.register(exchange.sock, exchange.events, exchange)
+                self._active[exchange] = job
+                self._started += 1
+                heapq.heappush(self._expiries, (exchange.deadline.at, self._started, exchange))
+                return
+            exchange.close()
+            exchange = job.advance(exchange)
+
+    def _step(self) -> None:
+        timeout = max(0.0, self._expiries[0][0] - time.monotonic())
+        for key, mask in self._selector.select(timeout):
+            exchange: _Exchange = key.data
+            events = exchange.events
+            try:
+                exchange.handle(mask)
+            except Exception as exc:  # a bug costs this pool its probe, not the round
+                log.warning("FastCGI probe of %s failed: %r", exchange.address.target, exc, exc_info=exc)
+                exchange.fail(ProbeFailed(FailureReason.BAD_RESPONSE, f"probe error: {exc!r}"))
+            self._settle(exchange, events)
+        now = time.monotonic()
+        while self._expiries and self._expiries[0][0] <= now:
+            exchange = heapq.heappop(self._expiries)[2]
+            if exchange in self._active:
+                exchange.expire()
+                self._settle(exchange, exchange.events)
+
+    def _settle(self, exchange: _Exchange, events: int) -> None:
+        """After a step of ``exchange``: once done, forget and close it and start what follows."""
+        assert exchange.sock is not None
+        if exchange.done:
+            self._selector.unregister(exchange.sock)
+            exchange.close()
+            job = self._active.pop(exchange)
+            self._launch(job, job.advance(exchange))
+        elif exchange.events != events:
+            self._selector.modify(exchange.sock, exchange.events, exchange)
+
+
+def _drive(jobs: Iterable[_Job]) -> None:
+    """Run ``jobs`` to the end: each exchange ends by its response, its failure or its deadline."""
+    with selectors.DefaultSelector() as selector:
+        _Loop(selector).run(jobs)
+
+
+class _Single:
+    """A job of one exchange."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+
+    def first(self) -> _Exchange:
+        return self._exchange
+
+    def advance(self, finished: _Exchange) -> None:
+        del finished
 
 
 def fastcgi_request(address: Address, path: str, query: str, deadline: Deadline) -> FastCGIResponse:
     """One FastCGI RESPONDER request for ``path?query``; raises :class:`ProbeFailed`."""
-    raw = _connect(address, deadline)
-    sock = _DeadlineSocket(raw, deadline)
-    try:
-        begin = flup_fcgi.struct.pack(flup_fcgi.FCGI_BeginRequestBody, flup_fcgi.FCGI_RESPONDER, 0)
-        params = b"".join(
-            flup_fcgi.encode_pair(k.encode(), v.encode()) for k, v in _request_params(path, query).items()
-        )
-        try:
-            _write_record(sock, flup_fcgi.FCGI_BEGIN_REQUEST, begin)
-            _write_record(sock, flup_fcgi.FCGI_PARAMS, params)
-            _write_record(sock, flup_fcgi.FCGI_PARAMS, b"")
-            _write_record(sock, flup_fcgi.FCGI_STDIN, b"")
-        except OSError as exc:
-            if sock.timed_out:
-                raise ProbeFailed(FailureReason.TIMEOUT, "sending the request timed out") from None
-            raise ProbeFailed(FailureReason.BAD_RESPONSE, f"send failed: {exc}") from None
-        return _read_response(sock)
-    finally:
-        raw.close()
-
-
-def _read_response(sock: _DeadlineSocket) -> FastCGIResponse:
-    stdout: list[bytes] = []
-    stderr: list[bytes] = []
-    size = 0
-    while True:
-        record = flup_fcgi.Record()
-        try:
-            record.read(sock)
-        except EOFError:
-            if sock.timed_out:
-                raise ProbeFailed(FailureReason.TIMEOUT, "no answer before the deadline") from None
-            raise ProbeFailed(
-                FailureReason.BAD_RESPONSE, "connection closed before the end of the response"
-            ) from None
-        if record.requestId != _REQUEST_ID:
-            continue
-        size += record.contentLength
-        if size > _MAX_RESPONSE_BYTES:
-            raise ProbeFailed(FailureReason.BAD_RESPONSE, "response larger than 1 MiB")
-        if record.type == flup_fcgi.FCGI_STDOUT:
-            stdout.append(record.contentData)
-        elif record.type == flup_fcgi.FCGI_STDERR:
-            stderr.append(record.contentData)
-        elif record.type == flup_fcgi.FCGI_END_REQUEST:
-            break
-    return _parse_cgi(b"".join(stdout), b"".join(stderr).decode("utf-8", "replace").strip())
+    exchange = _Exchange(address, encode_request(path, query), deadline)
+    _drive([_Single(exchange)])
+    return exchange.outcome()
 
 
 def _parse_cgi(output: bytes, stderr: str) -> FastCGIResponse:
@@ -310,6 +517,125 @@ def parse_pool_status(body: bytes) -> PoolStatus:
     )
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A pool and its requests, encoded once."""
+
+    pool: PhpFpmPool
+    address: Address
+    ping: bytes | None
+    status: bytes | None
+
+    @classmethod
+    def of(cls, pool: PhpFpmPool) -> _Target:
+        return cls(
+            pool,
+            Address.parse(pool.socket),
+            encode_request(pool.ping_path, "") if pool.ping_path else None,
+            encode_request(pool.status_path, "json") if pool.status_path else None,
+        )
+
+
+@dataclass
+class _PoolProbe:
+    """The ping, then the status page, of one pool, each on a connection of its own (as the blocking
+    probe did, in this order: the status only when the ping passed)."""
+
+    target: _Target
+    deadline: Deadline
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    stage: Probe = "ping"
+    failure: ProbeFailed | None = None
+    status_failure: ProbeFailed | None = None
+    pool_status: PoolStatus | None = None
+
+    def first(self) -> _Exchange:
+        target = self.target
+        if target.ping is not None:
+            return _Exchange(target.address, target.ping, self.deadline)
+        if target.status is None:
+            self.stage = "connect"
+            return _Exchange(target.address, None, self.deadline)
+        return self._status_exchange()
+
+    def advance(self, finished: _Exchange) -> _Exchange | None:
+        if self.stage == "connect":
+            self.failure = finished.failure
+        elif self.stage == "ping":
+            self._ping(finished)
+            if self.failure is None and self.target.status is not None:
+                return self._status_exchange()
+        else:
+            self._status(finished)
+        self.finished = time.monotonic()
+        return None
+
+    def _status_exchange(self) -> _Exchange:
+        self.stage = "status"
+        return _Exchange(self.target.address, self.target.status, self.deadline)
+
+    def _ping(self, finished: _Exchange) -> None:
+        pool = self.target.pool
+        assert pool.ping_path is not None
+        try:
+            response = finished.outcome()
+            _classify_status(response, pool.ping_path)
+            if response.body.strip() != pool.ping_response.encode():
+                raise ProbeFailed(
+                    FailureReason.BAD_RESPONSE,
+                    f"{pool.ping_path} answered {response.body[:80]!r}, expected {pool.ping_response!r}",
+                )
+        except ProbeFailed as exc:
+            self.failure = exc
+
+    def _status(self, finished: _Exchange) -> None:
+        pool = self.target.pool
+        assert pool.status_path is not None
+        try:
+            response = finished.outcome()
+            _classify_status(response, pool.status_path)
+            self.pool_status = parse_pool_status(response.body)
+        except ProbeFailed as exc:
+            self.status_failure = exc
+            if pool.ping_path is None:
+                self.failure = exc
+
+    def result(self) -> FastCGIResult:
+        pool = self.target.pool
+        failure, status_failure = self.failure, self.status_failure
+        return FastCGIResult(
+            socket=pool.socket,
+            up=failure is None,
+            failure=failure.reason if failure else (status_failure.reason if status_failure else None),
+            detail=failure.detail if failure else None,
+            duration_seconds=(self.finished or time.monotonic()) - self.started,
+            pool_status=self.pool_status,
+            status_failure=status_failure.reason if status_failure else None,
+            status_detail=status_failure.detail if status_failure else None,
+            probe="ping" if pool.ping_path else ("status" if pool.status_path else "connect"),
+        )
+
+
+def _probe_all(targets: Sequence[_Target], deadline: Deadline) -> tuple[FastCGIResult, ...]:
+    """Ping and status of every pool at once, each within ``deadline`` and its own ``timeout_seconds``."""
+    probes = [_PoolProbe(t, deadline.capped(t.pool.timeout_seconds)) for t in targets]
+    _drive(probes)
+    return tuple(probe.result() for probe in probes)
+
+
+class FastCGIPoolsCheck:
+    """Ping and status of every PHP-FPM pool over FastCGI, all at once. Never runs the application's scripts."""
+
+    collector = "fastcgi"
+
+    def __init__(self, pools: Iterable[PhpFpmPool]) -> None:
+        self._targets = tuple(_Target.of(pool) for pool in pools)
+
+    def run(self, deadline: Deadline) -> tuple[FastCGIResult, ...]:
+        return _probe_all(self._targets, deadline)
+
+
 class FastCGICheck:
     """Ping and status of one PHP-FPM pool over FastCGI. Never runs the application's own scripts."""
 
@@ -317,48 +643,10 @@ class FastCGICheck:
 
     def __init__(self, pool: PhpFpmPool) -> None:
         self.pool = pool
-        self._address = Address.parse(pool.socket)
+        self._target = _Target.of(pool)
 
     def run(self, deadline: Deadline) -> FastCGIResult:
-        deadline = deadline.capped(self.pool.timeout_seconds)
-        started = time.monotonic()
-        failure: ProbeFailed | None = None
-        status_failure: ProbeFailed | None = None
-        pool_status: PoolStatus | None = None
-        try:
-            if self.pool.ping_path:
-                response = fastcgi_request(self._address, self.pool.ping_path, "", deadline)
-                _classify_status(response, self.pool.ping_path)
-                if response.body.strip() != self.pool.ping_response.encode():
-                    raise ProbeFailed(
-                        FailureReason.BAD_RESPONSE,
-                        f"{self.pool.ping_path} answered {response.body[:80]!r}, "
-                        f"expected {self.pool.ping_response!r}",
-                    )
-            elif not self.pool.status_path:
-                _connect(self._address, deadline).close()
-        except ProbeFailed as exc:
-            failure = exc
-        if failure is None and self.pool.status_path:
-            try:
-                response = fastcgi_request(self._address, self.pool.status_path, "json", deadline)
-                _classify_status(response, self.pool.status_path)
-                pool_status = parse_pool_status(response.body)
-            except ProbeFailed as exc:
-                status_failure = exc
-                if not self.pool.ping_path:
-                    failure = exc
-        return FastCGIResult(
-            socket=self.pool.socket,
-            up=failure is None,
-            failure=failure.reason if failure else (status_failure.reason if status_failure else None),
-            detail=failure.detail if failure else None,
-            duration_seconds=time.monotonic() - started,
-            pool_status=pool_status,
-            status_failure=status_failure.reason if status_failure else None,
-            status_detail=status_failure.detail if status_failure else None,
-            probe="ping" if self.pool.ping_path else ("status" if self.pool.status_path else "connect"),
-        )
+        return _probe_all((self._target,), deadline)[0]
 
 
 _POOL_GAUGES = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -36,6 +37,34 @@ class UserIdentity:
             return None
         gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
         return cls(name=name, uid=entry.pw_uid, gids=frozenset(gids))
+
+    @classmethod
+    def cached(cls, name: str) -> UserIdentity | None:
+        """:meth:`lookup`, read again when ``/etc/passwd`` or ``/etc/group`` changes and every minute."""
+        return _cached_identity(name, accounts_stamp())
+
+
+_ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
+
+
+def accounts_stamp() -> tuple[int, ...]:
+    """Changes whenever ``/etc/passwd`` or ``/etc/group`` is rewritten, and every minute anyway (NSS
+    may read other sources): the key of lookups cached across the pools of a round and across rounds."""
+    stamp = [int(time.monotonic() // _IDENTITY_TTL_SECONDS)]
+    for path in _ACCOUNT_FILES:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamp.append(-1)
+            continue
+        stamp += (st.st_ino, st.st_mtime_ns, st.st_size)
+    return tuple(stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_identity(name: str, stamp: tuple[int, ...]) -> UserIdentity | None:
+    del stamp
+    return UserIdentity.lookup(name)
 
 
 @dataclass(frozen=True)
@@ -85,17 +114,32 @@ class SocketsCheck:
             # Reading /etc/group on every scrape would cost more than the rest of the check.
             self._identity, self._identity_read_at = UserIdentity.lookup(self._user), now
         identity = self._identity
-        return tuple(inspect_socket(path, self._user, identity, deadline) for path in self._paths)
+        folders: dict[str, BlockedPath | None] = {}  # the sockets' shared parents, looked at once a run
+        return tuple(inspect_socket(path, self._user, identity, deadline, folders) for path in self._paths)
 
 
 def _name_of_uid(uid: int) -> str:
+    return _cached_user_name(uid, accounts_stamp())
+
+
+def _name_of_gid(gid: int) -> str:
+    return _cached_group_name(gid, accounts_stamp())
+
+
+# Every socket of a host has the same few owners: /etc/passwd and /etc/group are read again when they
+# change (or a minute passes), not twice per socket and round.
+@functools.lru_cache(maxsize=256)
+def _cached_user_name(uid: int, stamp: tuple[int, ...]) -> str:
+    del stamp
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _name_of_gid(gid: int) -> str:
+@functools.lru_cache(maxsize=256)
+def _cached_group_name(gid: int, stamp: tuple[int, ...]) -> str:
+    del stamp
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -113,13 +157,22 @@ def _permits(st: os.stat_result, who: UserIdentity, bit_user: int, bit_group: in
     return bool(st.st_mode & bit_other)
 
 
-def find_blocker(path: Path, who: UserIdentity) -> BlockedPath | None:
-    """The first folder lacking search permission or the socket lacking write permission for ``who``."""
-    folders = list(reversed(path.parents))
-    for folder in folders:
-        st = os.stat(folder)
-        if not _permits(st, who, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
-            return _blocked(str(folder), "search", st)
+def find_blocker(
+    path: Path, who: UserIdentity, folders: dict[str, BlockedPath | None] | None = None
+) -> BlockedPath | None:
+    """The first folder lacking search permission or the socket lacking write permission for ``who``.
+
+    ``folders``: what earlier calls of the same run found for each folder (filled in as it goes).
+    """
+    seen = {} if folders is None else folders
+    for folder in reversed(path.parents):
+        key = str(folder)
+        if key not in seen:
+            st = os.stat(folder)
+            permitted = _permits(st, who, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+            seen[key] = None if permitted else _blocked(key, "search", st)
+        if seen[key] is not None:
+            return seen[key]
     st = os.stat(path)
     if not _permits(st, who, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH):
         return _blocked(str(path), "write", st)
@@ -136,7 +189,13 @@ def _blocked(path: str, needs: str, st: os.stat_result) -> BlockedPath:
     )
 
 
-def inspect_socket(path: str, user: str, identity: UserIdentity | None, deadline: Deadline) -> SocketResult:
+def inspect_socket(
+    path: str,
+    user: str,
+    identity: UserIdentity | None,
+    deadline: Deadline,
+    folders: dict[str, BlockedPath | None] | None = None,
+) -> SocketResult:
     """Look at one socket path: ``ls -la``, the user's access, then a real ``connect()``."""
     try:
         st = os.stat(path)
@@ -148,7 +207,7 @@ def inspect_socket(path: str, user: str, identity: UserIdentity | None, deadline
             connect_error=os.strerror(exc.errno) if exc.errno else str(exc),
         )  # fmt: skip
     is_socket = stat.S_ISSOCK(st.st_mode)
-    blocked = find_blocker(Path(path), identity) if identity else None
+    blocked = find_blocker(Path(path), identity, folders) if identity else None
     connect_errno: int | None = None
     connect_error: str | None = None
     if is_socket:
