@@ -606,3 +606,16 @@ def test_nginx_t_refusing_an_unresolvable_upstream_name_says_which_name_to_check
     fix = diagnosis.fix(Cause.NGINX_CONFIG_INVALID)
     assert fix[0].startswith("getent hosts app; dig @127.0.0.53 app")
     assert "in /etc/nginx/conf.d/shop.conf:12: fix the name" in fix[1]
+
+
+def test_a_php_only_site_without_any_backend_is_not_backend_down() -> None:
+    base = config()
+    settings = dataclasses.replace(base, http=[h for h in base.http if h.role != "backend"],
+                                   units=dataclasses.replace(base.units, backend=None))  # fmt: skip
+    r = _without_process("backend")(healthy())
+    diagnosis = diagnose(
+        dataclasses.replace(r, http=tuple(h for h in r.http if h.role != "backend")), settings
+    )
+    assert diagnosis.healthy, [f.title for f in diagnosis.findings if f.verdict is Verdict.FAIL]
+    (step,) = [f for f in diagnosis.findings if f.step == "process:backend"]
+    assert step.verdict is Verdict.SKIP and "none is expected" in step.evidence[0]

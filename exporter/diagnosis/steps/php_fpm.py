@@ -48,8 +48,12 @@ def sockets(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
     for sock in results.sockets:
         if sock.path in backend:
             continue
-        extra = [a for a in results.alternatives_of(sock.path) if a not in listeners]
-        findings.append(_socket_finding(ctx, sock, [*listeners, *extra]))
+        # The likeliest first: discovery's alternatives (a socket no site uses before one that is busy),
+        # then whatever else the master listens on.
+        alternatives = list(results.alternatives_of(sock.path))
+        findings.append(
+            _socket_finding(ctx, sock, [*alternatives, *(a for a in listeners if a not in alternatives)])
+        )
     return findings
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from exporter.causes import Cause, Facts, Finding, Verdict, backend_down, commands, nginx_down, php_fpm_down
 from exporter.checks.processes import ServiceProcesses
 from exporter.checks.units import ENABLED_FILE_STATES, UnitStatus
+from exporter.config import Config, backend_sockets
 from exporter.diagnosis.context import StepContext, human_bytes
 from exporter.diagnosis.steps.php_fpm_config import invalid_config, php_fpm_start_fix
 from exporter.discovery.units import default_php_fpm_unit
@@ -118,6 +119,9 @@ def _process_finding(ctx: StepContext, service: str, found: ServiceProcesses | N
             evidence.append(f"running as: {', '.join(found.users)}")
         return Finding(step, title, Verdict.OK, tuple(evidence))
     missing = missing_process(pattern)
+    if service == "backend" and not backend_expected(ctx.config):
+        return Finding(step, title, Verdict.SKIP, (f"{missing}: and none is expected (nginx passes nothing to a"
+                                                   " backend, no backend probe or unit is configured)",))  # fmt: skip
     if ctx.answering[service]:
         return Finding(
             step, f"{role.label} answers, but no process of it is seen", Verdict.WARN,
@@ -132,6 +136,13 @@ def _process_finding(ctx: StepContext, service: str, found: ServiceProcesses | N
         _fix(ctx, service, unit),
         Facts(unit=unit),
     )
+
+
+def backend_expected(config: Config) -> bool:
+    """Whether this host has a backend at all: a backend probe (configured or found in nginx's
+    ``proxy_pass``), its unit, or its unix socket. A PHP-only site has none: no backend process is not a 502."""
+    return (any(t.role == "backend" for t in config.http) or bool(config.units.backend)
+            or bool(backend_sockets(config)))  # fmt: skip
 
 
 _KNOWN_PATTERNS = {
