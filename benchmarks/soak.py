@@ -276,8 +276,11 @@ def report(soak: Soak, minutes: float) -> None:
         f" (target <= {TARGET_RSS_GROWTH_MIB:g})  {'OK' if growth <= TARGET_RSS_GROWTH_MIB else 'MISSED'}"
     )
     print(
-        f"threads after the warm-up {min(s[2] for s in warm)}..{max(s[2] for s in warm)},"
-        f" open descriptors {min(s[3] for s in warm)}..{max(s[3] for s in warm)}"
+        f"threads after the warm-up {min(s[2] for s in warm)}..{max(s[2] for s in warm)} (median"
+        f" {statistics.median(s[2] for s in first):g} then {statistics.median(s[2] for s in last):g}),"
+        f" open descriptors {min(s[3] for s in warm)}..{max(s[3] for s in warm)} (median"
+        f" {statistics.median(s[3] for s in first):g} then {statistics.median(s[3] for s in last):g};"
+        " the highs are the slowloris' 200 connections)"
     )
     print(
         f"synthetic log: {soak.written:,} lines written, {counted:,} counted"
