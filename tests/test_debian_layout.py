@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -421,3 +422,24 @@ def test_discover_prints_the_fronts(host: DebianHost) -> None:
         f"host: shop.test  # from {host.site}:{host.line_of(host.site, 'server_name')} (first usable server_name)"
     )
     assert "front:_" not in done.stdout and "localhost" not in done.stdout
+
+
+def test_a_too_big_header_on_debians_layout_is_named_with_the_sites_own_line(host: DebianHost) -> None:
+    """A cause only the logs show, on the packaged files: the fix names the site's fastcgi_pass line and
+    the buffer nginx uses there (Debian sets none: nginx's default, one memory page)."""
+    script = host.root / "www" / "shop" / "big.php"
+    script.write_text(
+        "<?php\nheader('X-Padding: ' . str_repeat('a', 16384));\necho \"ok\\n\";\n", encoding="utf-8"
+    )
+    script.chmod(0o644)
+    assert [get(host.port, "/big.php", host="shop.test")[0] for _ in range(3)] == [502, 502, 502]
+    done = cli("--config", str(host.exporter_config()), "diagnose", "--format", "json", timeout=60)
+    assert done.returncode == 1, done.stderr
+    document = json.loads(done.stdout)
+    (found,) = document["causes"]
+    assert found["cause"] == "upstream_header_too_big"
+    line = host.line_of(host.site, "fastcgi_pass")
+    assert found["fix"][0] == (
+        f"in {host.site}:{line}: fastcgi_buffer_size 32k; fastcgi_buffers 8 32k;   # now 4k|8k"
+    ), found["fix"]
+    assert document["unexplained"] == []
