@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -204,3 +205,23 @@ def test_postgres_stopped_behind_the_backend_is_database_down(postgres: Postgres
         assert diagnose(prober.run_round(5.0), config).causes == frozenset()
     finally:
         prober.close()
+
+
+def test_a_backend_running_without_a_database_forgets_the_last_one_found(tmp_path: Path) -> None:
+    """The last database found stands in while no backend process can be read (it is down); a running
+    backend whose environment names none has none (the database was taken out of its configuration)."""
+    marker = f"badgateway-db-forget-{time.monotonic_ns()}"
+    check = DatabaseCheck(DatabaseSettings(), rf"\b{marker}\b", None, unit_dirs=())
+    check._last_target = DatabaseTarget("127.0.0.1", 5432, "environment of PID 1 (DATABASE_URL)")
+    assert check.locate() == check._last_target  # no backend process: the last one stands
+    backend = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", marker], env={"PATH": "/usr/bin"}
+    )
+    try:
+        wait_until(lambda: Path(f"/proc/{backend.pid}/cmdline").read_bytes().endswith(marker.encode() + b"\0"),
+                   5.0, "the stand-in backend to run")  # fmt: skip
+        assert check.locate() is None
+        assert check._last_target is None
+    finally:
+        backend.kill()
+        backend.wait(timeout=5)

@@ -178,10 +178,14 @@ class DatabaseCheck:
         self._last_target: DatabaseTarget | None = None
 
     def locate(self) -> DatabaseTarget | None:
-        """Configured, else the running backend's environment, else its unit file; else the last one found."""
+        """Configured, else the running backend's environment, else its unit file; else, while no backend
+        process can be read, the last one found (a backend that is down still had its database). A running
+        backend whose environment and unit name none has none: the last one found is forgotten."""
         if self.settings.url:
             return target_from_url(self.settings.url, "database.url")
+        read_a_backend = False
         for pid, env in _process_environments(self.pattern):
+            read_a_backend = True
             found = target_from_environment(env, f"environment of PID {pid}")
             if found is not None:
                 return found
@@ -194,6 +198,8 @@ class DatabaseCheck:
             found = target_from_environment(unit_file_environment(text), str(path))
             if found is not None:
                 return found
+        if read_a_backend:
+            self._last_target = None
         return self._last_target
 
     def run(self, deadline: Deadline) -> DatabaseResult:
