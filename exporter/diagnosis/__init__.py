@@ -89,7 +89,9 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     findings: list[Finding] = []
     for step in STEPS:
         findings.extend(step(ctx, findings))
-    evidence = {spec.cause: found for spec in CAUSES.values() if (found := spec.decide(spec.cause, findings))}
+    evidence = _unexplained_by_others(
+        {spec.cause: found for spec in CAUSES.values() if (found := spec.decide(spec.cause, findings))}
+    )
     gateway_errors = tuple(
         f"{probe.url} answered {probe.status_code}"
         for probe in results.http
@@ -103,6 +105,19 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     if (gateway_errors and not evidence) or unexplained:
         findings.append(_unexplained(gateway_errors if not evidence else (), unexplained, ctx))
     return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence, latent, unexplained)
+
+
+def _unexplained_by_others(evidence: dict[Cause, tuple[Finding, ...]]) -> dict[Cause, tuple[Finding, ...]]:
+    """Without the causes another active cause explains (its spec's ``explains``, the inhibitions
+    Alertmanager applies): the verdict names the cause the person paged sees, not its consequence."""
+    explained = {
+        alert
+        for cause in evidence
+        for inhibition in CAUSES[cause].explains
+        if not inhibition.target_labels
+        for alert in inhibition.target_alerts
+    }
+    return {cause: found for cause, found in evidence.items() if CAUSES[cause].alert not in explained}
 
 
 def _unexplained_episodes(ctx: StepContext, active: frozenset[Cause]) -> tuple[Episode, ...]:

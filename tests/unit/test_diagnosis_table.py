@@ -619,3 +619,11 @@ def test_a_php_only_site_without_any_backend_is_not_backend_down() -> None:
     assert diagnosis.healthy, [f.title for f in diagnosis.findings if f.verdict is Verdict.FAIL]
     (step,) = [f for f in diagnosis.findings if f.step == "process:backend"]
     assert step.verdict is Verdict.SKIP and "none is expected" in step.evidence[0]
+
+
+def test_a_full_backlog_in_front_of_busy_workers_is_the_backlog_alone() -> None:
+    # The ping gets EAGAIN too (a timeout of the probe): the exhaustion is what the full queue explains.
+    full = _nginx("backlog_full", FPM, f"connect() to {FPM} failed (11: Resource temporarily unavailable)")
+    diagnosis = diagnose(_lines(full)(_pool_busy(healthy())), config())
+    assert diagnosis.causes == {Cause.LISTEN_BACKLOG_FULL}
+    assert any(f.failing_cause is Cause.PHP_FPM_POOL_EXHAUSTED for f in diagnosis.findings)  # still shown
