@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -32,6 +33,8 @@ class ServiceProcesses:
     main_pids: tuple[int, ...]
     main_commands: tuple[str, ...]
     users: tuple[str, ...]
+    started_at: float | None = None
+    """When the oldest main process started (Unix time), if known: lines before it are of an earlier one."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,20 @@ class _Members:
             main_pids=tuple(main_pids),
             main_commands=tuple(command[:200] for command in main_commands),
             users=tuple(sorted(users)),
+            started_at=self._started_at(main_pids),
         )
+
+    def _started_at(self, pids: list[int]) -> float | None:
+        """The oldest start time of ``pids`` (psutil: ``/proc/PID/stat`` and the boot time)."""
+        if self._proc != "/proc" or not pids:
+            return None
+        import psutil
+
+        times = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                times.append(psutil.Process(pid).create_time())
+        return min(times) if times else None
 
     def _user_name(self, uid: int) -> str:
         name = self._user_names.get(uid)

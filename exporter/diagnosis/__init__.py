@@ -131,7 +131,9 @@ def _unexplained_episodes(ctx: StepContext, active: frozenset[Cause]) -> tuple[E
         where = episode.key.where
         role = upstream_role(ctx.config, where) if where else None
         answering = ctx.answering.get(role, False) if role is not None else False
-        if not explained(episode, active, role, answering, now):
+        procs = ctx.results.processes.of(role) if role is not None and ctx.results.processes else None
+        started_at = procs.started_at if procs is not None else None
+        if not explained(episode, active, role, answering, now, started_at):
             left.append(episode)
     return tuple(left)
 

@@ -64,16 +64,27 @@ def explainers(kind: str, role: Role | None) -> frozenset[Cause]:
 
 
 def explained(
-    episode: Episode, active: frozenset[Cause], role: Role | None, answering: bool, now: float
+    episode: Episode,
+    active: frozenset[Cause],
+    role: Role | None,
+    answering: bool,
+    now: float,
+    started_at: float | None = None,
 ) -> bool:
-    """Whether an active cause explains the nginx lines of ``episode``, or their incident is over."""
+    """Whether an active cause explains the nginx lines of ``episode``, or their incident is over.
+
+    ``started_at``: when the upstream's service (its main process) started; refused connects logged
+    before it were the previous process's (a restart), whatever the probe sees now.
+    """
     if episode.key.cause is not None and episode.key.cause in active:
         return True
     if explainers(episode.key.kind, role) & active:
         return True
+    kind = episode.key.kind
+    if kind in _UNREACHABLE and started_at is not None and episode.last <= started_at:
+        return True
     if not answering:
         return False
-    kind = episode.key.kind
     return kind in _UNREACHABLE or (kind in _MID_REQUEST and now - episode.last >= RECOVERED_AFTER_SECONDS)
 
 

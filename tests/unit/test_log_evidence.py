@@ -155,3 +155,10 @@ def test_the_seccomp_program_refuses_only_a_16_byte_connect() -> None:
     for index, (code, jt, jf, _k) in enumerate(rows):  # every jump lands inside the program
         if code == 0x15:
             assert index + 1 + max(jt, jf) < len(rows)
+
+
+def test_refused_lines_before_the_service_restarted_are_the_old_process_s() -> None:
+    refused = _episode("connection_refused", 900.0, 990.0)
+    # PHP-FPM restarted at 995 (into a full backlog: its probe fails): the refusals were the restart's
+    assert explained(refused, frozenset(), "php_fpm", answering=False, now=1000.0, started_at=995.0)
+    assert not explained(refused, frozenset(), "php_fpm", answering=False, now=1000.0, started_at=980.0)
