@@ -16,7 +16,7 @@ from exporter.config import Config
 from exporter.diagnosis.context import StepContext
 from exporter.diagnosis.explain import explained, gateway_episodes, upstream_role
 from exporter.diagnosis.steps import STEPS
-from exporter.diagnosis.steps.log_causes import episodes_of
+from exporter.diagnosis.steps.log_causes import LOG_DECIDED, episodes_of
 from exporter.diagnosis.steps.probes import nginx_error_log
 from exporter.logs.episodes import Episode
 from exporter.rounds import RoundResults
@@ -108,11 +108,14 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
 
 
 def _unexplained_by_others(evidence: dict[Cause, tuple[Finding, ...]]) -> dict[Cause, tuple[Finding, ...]]:
-    """Without the causes another active cause explains (its spec's ``explains``, the inhibitions
-    Alertmanager applies): the verdict names the cause the person paged sees, not its consequence."""
+    """Without the causes that a cause the logs prove explains (its spec's ``explains``, the inhibitions
+    Alertmanager applies): a full backlog makes the probe see a busy pool, and the verdict names the
+    backlog. The probes' own causes keep what they explain: PHP-FPM down with a pool file that will
+    lock nginx out after the start names both, so that the start is not the whole fix."""
     explained = {
         alert
         for cause in evidence
+        if cause in LOG_DECIDED
         for inhibition in CAUSES[cause].explains
         if not inhibition.target_labels
         for alert in inhibition.target_alerts
