@@ -84,20 +84,29 @@ class EpisodeIndex:
 
     def add(self, key: EpisodeKey, when: float, count: int = 1, line: str | None = None) -> None:
         """``count`` lines of ``key`` written at ``when``; ``line`` the last of them, when known."""
-        text = line[:SHOWN_CHARS] if line is not None else None
         with self._lock:
-            episode = self._open.get(key)
-            if episode is not None and when - episode.last > self.window:
-                self._end(episode)
-                episode = None
-            if episode is None:
-                self._open[key] = Episode(key, when, when, count, text or "")
-                self._bound()
-                return
-            self._open[key] = Episode(
-                key, min(episode.first, when), max(episode.last, when), episode.count + count,
-                text if text is not None and when >= episode.last else episode.line,
-            )  # fmt: skip
+            self._add(key, when, count, line[:SHOWN_CHARS] if line is not None else None)
+
+    def add_counts(self, counts: Iterable[tuple[EpisodeKey, int]], when: float) -> None:
+        """Lines of several keys written at ``when`` (one block read at once): one lock for all."""
+        with self._lock:
+            for key, count in counts:
+                self._add(key, when, count, None)
+
+    def _add(self, key: EpisodeKey, when: float, count: int, text: str | None) -> None:
+        """With the lock held."""
+        episode = self._open.get(key)
+        if episode is not None and when - episode.last > self.window:
+            self._end(episode)
+            episode = None
+        if episode is None:
+            self._open[key] = Episode(key, when, when, count, text or "")
+            self._bound()
+            return
+        self._open[key] = Episode(
+            key, min(episode.first, when), max(episode.last, when), episode.count + count,
+            text if text is not None and when >= episode.last else episode.line,
+        )  # fmt: skip
 
     def note_line(self, key: EpisodeKey, line: str) -> None:
         """The most recent line of an open episode, when it was found apart from its count."""

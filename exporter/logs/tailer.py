@@ -260,6 +260,8 @@ class LogWatcher:
             settings.evidence_window_seconds, max(MAX_EPISODES, 4 * settings.max_files)
         )
         self._skipped: set[str] = set()
+        self._episode_keys: dict[tuple[str, str, str, Cause | None], EpisodeKey] = {}
+        """Each block's keys built once: an episode key's dataclass hash costs more than a tuple's."""
 
     # -- public -------------------------------------------------------------------------------
 
@@ -547,9 +549,15 @@ class LogWatcher:
             lines = tally_nginx_block(block, found)
             labelled = self._merge_nginx(tail.path, lines, found)
             if found:
-                when = _block_time(block)
-                for (kind, label, cause), n in labelled.items():
-                    self._episodes.add(EpisodeKey(tail.path, "nginx", kind, label, cause), when, n)
+                keys = self._episode_keys
+                if len(keys) > 4096:
+                    keys.clear()
+                counts = [
+                    (keys.get((tail.path, *labels)) or keys.setdefault((tail.path, *labels),
+                     EpisodeKey(tail.path, "nginx", *labels)), n)
+                    for labels, n in labelled.items()
+                ]  # fmt: skip
+                self._episodes.add_counts(counts, _block_time(block))
                 self._keep_evidence(tail, block)
         else:
             self._count_events(tail, block)
