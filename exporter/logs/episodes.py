@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from exporter.causes import Cause
 
@@ -54,6 +55,11 @@ class Episode:
     def current(self, now: float, window: float) -> bool:
         """Whether its lines still arrive: the last one within ``window`` seconds of ``now``."""
         return self.last >= now - window
+
+
+def clock(epoch: float) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` of ``epoch`` in the host's local time, as the lines write it."""
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def line_epoch(text: str | None, fallback: float) -> float:

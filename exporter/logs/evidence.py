@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 from exporter.causes import Cause
 from exporter.logs.classify import MAX_LINE_BYTES, NONE, classify_phpfpm, line_time, tally_nginx
-from exporter.logs.episodes import EpisodeKey
+from exporter.logs.episodes import SHOWN_CHARS, EpisodeKey
 from exporter.logs.lines import classify_app, nginx_cause, phpfpm_cause
-
-SHOWN_CHARS = 500
 
 
 @dataclass(frozen=True)

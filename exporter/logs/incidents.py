@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from exporter.causes import CAUSES, Cause
-from exporter.logs.episodes import Episode, EpisodeIndex, EpisodeKey
+from exporter.logs.episodes import Episode, EpisodeIndex, EpisodeKey, clock
 from exporter.logs.lines import generic_explainers
 
 MAX_INCIDENTS = 2000
@@ -39,14 +38,10 @@ class Incident:
         return {
             "source": key.source, "kind": key.kind, "where": key.where or None,
             "cause": self.cause.value if self.cause else "unexplained", "explained_by": self.by or None,
-            "start": _clock(self.episode.first), "end": _clock(self.episode.last), "count": self.episode.count,
+            "start": clock(self.episode.first), "end": clock(self.episode.last), "count": self.episode.count,
             "fix": f"{spec.title}: see {spec.runbook_path}" if spec else "read the lines: no cause explains them",
             "line": self.episode.line,
         }  # fmt: skip
-
-
-def _clock(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def new_index(window_seconds: float) -> EpisodeIndex:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 from exporter.causes import (
@@ -36,7 +35,7 @@ from exporter.diagnosis.context import StepContext
 from exporter.diagnosis.explain import explainers, upstream_role
 from exporter.discovery.model import Pass
 from exporter.discovery.nginx import parse_time
-from exporter.logs.episodes import Episode, index_of, line_epoch
+from exporter.logs.episodes import Episode, clock, index_of, line_epoch
 
 LOG_DECIDED = frozenset(
     {
@@ -103,15 +102,11 @@ def _finding(ctx: StepContext, cause: Cause, where: str, episodes: Sequence[Epis
     evidence = (
         f"{count} line(s) of {', '.join(sorted({e.key.kind for e in episodes}))}"
         + (f" ({place})" if place else "")
-        + f" from {_clock(first)} to {_clock(last)} in {', '.join(sorted({e.key.path for e in episodes}))}",
+        + f" from {clock(first)} to {clock(last)} in {', '.join(sorted({e.key.path for e in episodes}))}",
         f"the most recent: {newest.line}",
     )
     return Finding(f"log_cause:{cause.value}:{where}", f"{spec.title} (the logs show it)", Verdict.FAIL,
                    evidence, cause, fix, facts)  # fmt: skip
-
-
-def _clock(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # -- what discovery knows of the upstream ------------------------------------------------------------
