@@ -6,7 +6,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -107,28 +107,35 @@ class NginxConfigCheck:
 
 def metric_families(result: NginxConfigResult) -> Iterable[Metric]:
     """``nginx_config_valid`` (absent without a verdict) and why ``nginx -t`` could not run."""
+    return config_test_families(
+        "nginx", "nginx -t", "the configuration", TEST_ERRORS, result.valid, result.test_error,
+        result.checked_at_seconds,
+    )  # fmt: skip
+
+
+def config_test_families(
+    name: str,
+    command: str,
+    what: str,
+    reasons: Sequence[str],
+    valid: bool | None,
+    test_error: str | None,
+    checked_at: float,
+) -> list[Metric]:
+    """``badgateway_NAME_config_valid`` (absent without a verdict), ``…_test_error{reason}`` and
+    ``…_last_test_timestamp_seconds`` of a ``COMMAND`` (``nginx -t``, ``php-fpm -t``) that tests ``what``."""
     families: list[Metric] = []
-    if result.valid is not None:
-        families.append(
-            GaugeMetricFamily(
-                "badgateway_nginx_config_valid",
-                "1 if nginx -t accepts the configuration on disk.",
-                value=float(result.valid),
-            )
-        )
+    if valid is not None:
+        families.append(GaugeMetricFamily(f"badgateway_{name}_config_valid",
+                                          f"1 if {command} accepts {what} on disk.", value=float(valid)))  # fmt: skip
     error = GaugeMetricFamily(
-        "badgateway_nginx_config_test_error",
-        "1 for the reason nginx -t could not give a verdict (e.g. it needs root), 0 for the others.",
+        f"badgateway_{name}_config_test_error",
+        f"1 for the reason {command} could not give a verdict (e.g. it needs root), 0 for the others.",
         labels=["reason"],
     )
-    for reason in TEST_ERRORS:
-        error.add_metric([reason], float(result.test_error == reason))
+    for reason in reasons:
+        error.add_metric([reason], float(test_error == reason))
     families.append(error)
-    families.append(
-        GaugeMetricFamily(
-            "badgateway_nginx_config_last_test_timestamp_seconds",
-            "Unix time nginx -t last ran.",
-            value=result.checked_at_seconds,
-        )
-    )
+    families.append(GaugeMetricFamily(f"badgateway_{name}_config_last_test_timestamp_seconds",
+                                      f"Unix time {command} last ran.", value=checked_at))  # fmt: skip
     return families

@@ -18,8 +18,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporter.checks.nginx_config import config_test_families
 from exporter.config import Config, PhpFpmTestSettings
 from exporter.deadline import Deadline
 from exporter.discovery.model import PoolFacts
@@ -239,28 +240,7 @@ class PhpFpmConfigCheck:
 
 def metric_families(result: PhpFpmConfigResult) -> Iterable[Metric]:
     """``php_fpm_config_valid`` (absent without a verdict) and why ``php-fpm -t`` could not run."""
-    families: list[Metric] = []
-    if result.valid is not None:
-        families.append(
-            GaugeMetricFamily(
-                "badgateway_php_fpm_config_valid",
-                "1 if php-fpm -t accepts PHP-FPM's configuration on disk.",
-                value=float(result.valid),
-            )
-        )
-    error = GaugeMetricFamily(
-        "badgateway_php_fpm_config_test_error",
-        "1 for the reason php-fpm -t could not give a verdict (e.g. it needs root), 0 for the others.",
-        labels=["reason"],
-    )
-    for reason in TEST_ERRORS:
-        error.add_metric([reason], float(result.test_error == reason))
-    families.append(error)
-    families.append(
-        GaugeMetricFamily(
-            "badgateway_php_fpm_config_last_test_timestamp_seconds",
-            "Unix time php-fpm -t last ran.",
-            value=result.checked_at_seconds,
-        )
-    )
-    return families
+    return config_test_families(
+        "php_fpm", "php-fpm -t", "PHP-FPM's configuration", TEST_ERRORS, result.valid, result.test_error,
+        result.checked_at_seconds,
+    )  # fmt: skip
