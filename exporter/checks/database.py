@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.checks.proctable import ProcTable, read_proc_file
 from exporter.config import DatabaseSettings
 from exporter.deadline import Deadline
 from exporter.discovery.units import DEFAULT_UNIT_DIRS
@@ -147,15 +147,38 @@ def _split(value: str) -> list[str]:
         return value.split()
 
 
-def _process_environments(pattern: re.Pattern[str]) -> Iterable[tuple[int, dict[str, str]]]:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if not cmdline or not pattern.search(cmdline):
-            continue
+class _BackendEnvironments:
+    """The environments of the processes whose command line matches, each read once per process: a
+    process's environment is fixed when it execs, and a process is its PID and start time."""
+
+    def __init__(self, pattern: re.Pattern[str], proc_root: str = "/proc") -> None:
+        self._pattern = pattern
+        self._proc = proc_root
+        self._table = ProcTable(proc_root)
+        self._read: dict[tuple[int, int], dict[str, str] | None] = {}
+
+    def read(self) -> list[tuple[int, dict[str, str]]]:
+        """``(pid, environment)`` of every matching process whose environment can be read."""
+        found = []
+        read: dict[tuple[int, int], dict[str, str] | None] = {}
+        for pid, entry in self._table.scan().items():
+            if not self._pattern.search(entry.command):
+                continue
+            key = (pid, entry.start_ticks)
+            env = self._read[key] if key in self._read else self._environ(pid)
+            read[key] = env
+            if env is not None:
+                found.append((pid, env))
+        self._read = read
+        return found
+
+    def _environ(self, pid: int) -> dict[str, str] | None:
         try:
-            yield proc.pid, proc.environ()
-        except (psutil.Error, OSError):
-            continue
+            raw = read_proc_file(f"{self._proc}/{pid}/environ", _MAX_ENVIRON)
+        except OSError:
+            return None  # not ours to read (not root), or it has just exited
+        items = (item.decode("utf-8", "replace").partition("=") for item in raw.split(b"\0") if item)
+        return {name: value for name, eq, value in items if eq}
 
 
 class DatabaseCheck:
@@ -176,6 +199,7 @@ class DatabaseCheck:
         self.unit_dirs = tuple(unit_dirs)
         self._lock = threading.Lock()
         self._last_target: DatabaseTarget | None = None
+        self._backends = _BackendEnvironments(self.pattern)
 
     def locate(self) -> DatabaseTarget | None:
         """Configured, else the running backend's environment, else its unit file; else, while no backend
@@ -184,7 +208,7 @@ class DatabaseCheck:
         if self.settings.url:
             return target_from_url(self.settings.url, "database.url")
         read_a_backend = False
-        for pid, env in _process_environments(self.pattern):
+        for pid, env in self._backends.read():
             read_a_backend = True
             found = target_from_environment(env, f"environment of PID {pid}")
             if found is not None:
