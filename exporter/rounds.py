@@ -16,7 +16,7 @@ from exporter.checks import Check
 from exporter.checks.analysis import socket_alternatives
 from exporter.checks.database import DatabaseCheck, DatabaseResult
 from exporter.checks.fastcgi import FastCGIPoolsCheck, FastCGIResult
-from exporter.checks.http import HttpCheck, HttpResult
+from exporter.checks.http import HttpProbesCheck, HttpResult
 from exporter.checks.journal import JournalReader
 from exporter.checks.logs import LogsCheck, LogsResult
 from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
@@ -127,8 +127,8 @@ def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]
     The backend, PHP-FPM and systemd are asked first, so their answers are on the way while the
     local checks, which only need the CPU, run.
     """
-    checks: list[Check[Any]] = [HttpCheck(target) for target in config.http]
-    # One check for every pool: one selector loop probes them all at once, not a thread per pool.
+    # One check for every HTTP target and one for every pool: a selector loop each, not a thread per peer.
+    checks: list[Check[Any]] = [HttpProbesCheck(config.http)] if config.http else []
     checks += [FastCGIPoolsCheck(config.php_fpm)] if config.php_fpm else []
     if config.units.enabled:
         names = [config.units.nginx, config.units.php_fpm or default_php_fpm_unit()]
@@ -213,7 +213,7 @@ class Prober:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for check in self._checks:
-            if isinstance(check, HttpCheck | UnitsCheck):
+            if isinstance(check, UnitsCheck):
                 check.close()
 
     def collect(self, timeout_seconds: float) -> RoundResults:
@@ -274,7 +274,7 @@ class Prober:
                     task.collector, False, time.monotonic() - started, "did not finish before the deadline"
                 )
             )
-        http_results = tuple(values.get(HttpCheck.collector, ()))
+        http_results: tuple[HttpResult, ...] = _first(values, HttpProbesCheck.collector) or ()
         socket_results: tuple[SocketResult, ...] = _first(values, SocketsCheck.collector) or ()
         backend_paths = set(backend_sockets(self.config))
         php_sockets = tuple(s for s in socket_results if s.path not in backend_paths)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from exporter.checks.http import HttpCheck
+from exporter.checks.http import HttpProbesCheck
 from exporter.config import HttpTarget
 from exporter.deadline import Deadline
 
@@ -103,11 +103,7 @@ def tls(tmp_path: Path) -> Iterator[tuple[int, _Seen]]:
 
 
 def _probe(target: HttpTarget) -> tuple[int | None, str | None]:
-    check = HttpCheck(target)
-    try:
-        result = check.run(Deadline.after(5.0))
-    finally:
-        check.close()
+    (result,) = HttpProbesCheck([target]).run(Deadline.after(5.0))
     return result.status_code, result.error
 
 
@@ -152,5 +148,6 @@ def test_https_verified_against_the_host(tls: tuple[int, _Seen]) -> None:
     target = HttpTarget(
         name="front", url=f"https://127.0.0.1:{port}/", role="front", verify_tls=True, host="shop.test"
     )
-    status, error = _probe(target)
-    assert status is None and error in ("connect_error", "protocol_error")
+    (result,) = HttpProbesCheck([target]).run(Deadline.after(5.0))
+    assert (result.status_code, result.error) == (None, "connect_error")
+    assert result.detail is not None and "CERTIFICATE_VERIFY_FAILED" in result.detail

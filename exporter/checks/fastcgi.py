@@ -10,7 +10,6 @@ Python 3, never times out and reads only blocking sockets.
 from __future__ import annotations
 
 import errno
-import heapq
 import json
 import logging
 import os
@@ -18,15 +17,15 @@ import selectors
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal
 
 from flup.client import fcgi_app as flup_fcgi
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporter.checks.nonblocking import Single, drive
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
 
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 _REQUEST_ID = 1
 _MAX_RESPONSE_BYTES = 1 << 20
 _RECV_BYTES = 65536
-_MAX_IN_FLIGHT = 256
-"""Connections open at once; further pools wait for a free one (descriptors stay far below ulimit -n)."""
 
 Probe = Literal["ping", "status", "connect"]
 
@@ -199,7 +196,7 @@ _HEADER = struct.Struct(flup_fcgi.FCGI_Header)
 class _Exchange:
     """One request on its own non-blocking connection: connect, send, read up to FCGI_END_REQUEST.
 
-    Driven by :class:`_Loop`: :meth:`start`, then :meth:`handle` whenever the socket is ready for
+    Driven by :class:`~exporter.checks.nonblocking.Loop`: :meth:`start`, then :meth:`handle` whenever the socket is ready for
     :attr:`events`, or :meth:`expire` once :attr:`deadline` passes. ``request`` None: connect only.
     """
 
@@ -278,8 +275,11 @@ class _Exchange:
             self.sock.close()
             self.sock = None
 
-    def fail(self, failure: ProbeFailed) -> None:
-        self._finish(failure)
+    def crash(self, exc: Exception) -> None:
+        self._finish(ProbeFailed(FailureReason.BAD_RESPONSE, f"probe error: {exc!r}"))
+
+    def __repr__(self) -> str:
+        return f"FastCGI {self.address.target}"
 
     def _finish(self, failure: ProbeFailed | None = None) -> None:
         """Done: the loop unregisters and closes the socket (a closed descriptor would stay in epoll)."""
@@ -361,98 +361,10 @@ class _Exchange:
         self._finish()
 
 
-class _Job(Protocol):
-    """A sequence of exchanges: the first, then each next one from how the previous one ended."""
-
-    def first(self) -> _Exchange | None: ...
-
-    def advance(self, finished: _Exchange) -> _Exchange | None: ...
-
-
-class _Loop:
-    """One selector loop: every job's exchanges at once, at most :data:`_MAX_IN_FLIGHT` connections."""
-
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self._selector = selector
-        self._active: dict[_Exchange, _Job] = {}
-        self._expiries: list[tuple[float, int, _Exchange]] = []
-        self._started = 0
-
-    def run(self, jobs: Iterable[_Job]) -> None:
-        pending = deque(jobs)
-        while pending or self._active:
-            while pending and len(self._active) < _MAX_IN_FLIGHT:
-                job = pending.popleft()
-                self._launch(job, job.first())
-            if self._active:
-                self._step()
-
-    def _launch(self, job: _Job, exchange: _Exchange | None) -> None:
-        while exchange is not None:
-            exchange.start()
-            if not exchange.done:
-                assert exchange.sock is not None
-                self._selector.register(exchange.sock, exchange.events, exchange)
-                self._active[exchange] = job
-                self._started += 1
-                heapq.heappush(self._expiries, (exchange.deadline.at, self._started, exchange))
-                return
-            exchange.close()
-            exchange = job.advance(exchange)
-
-    def _step(self) -> None:
-        timeout = max(0.0, self._expiries[0][0] - time.monotonic())
-        for key, mask in self._selector.select(timeout):
-            exchange: _Exchange = key.data
-            events = exchange.events
-            try:
-                exchange.handle(mask)
-            except Exception as exc:  # a bug costs this pool its probe, not the round
-                log.warning("FastCGI probe of %s failed: %r", exchange.address.target, exc, exc_info=exc)
-                exchange.fail(ProbeFailed(FailureReason.BAD_RESPONSE, f"probe error: {exc!r}"))
-            self._settle(exchange, events)
-        now = time.monotonic()
-        while self._expiries and self._expiries[0][0] <= now:
-            exchange = heapq.heappop(self._expiries)[2]
-            if exchange in self._active:
-                exchange.expire()
-                self._settle(exchange, exchange.events)
-
-    def _settle(self, exchange: _Exchange, events: int) -> None:
-        """After a step of ``exchange``: once done, forget and close it and start what follows."""
-        assert exchange.sock is not None
-        if exchange.done:
-            self._selector.unregister(exchange.sock)
-            exchange.close()
-            job = self._active.pop(exchange)
-            self._launch(job, job.advance(exchange))
-        elif exchange.events != events:
-            self._selector.modify(exchange.sock, exchange.events, exchange)
-
-
-def _drive(jobs: Iterable[_Job]) -> None:
-    """Run ``jobs`` to the end: each exchange ends by its response, its failure or its deadline."""
-    with selectors.DefaultSelector() as selector:
-        _Loop(selector).run(jobs)
-
-
-class _Single:
-    """A job of one exchange."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self._exchange = exchange
-
-    def first(self) -> _Exchange:
-        return self._exchange
-
-    def advance(self, finished: _Exchange) -> None:
-        del finished
-
-
 def fastcgi_request(address: Address, path: str, query: str, deadline: Deadline) -> FastCGIResponse:
     """One FastCGI RESPONDER request for ``path?query``; raises :class:`ProbeFailed`."""
     exchange = _Exchange(address, encode_request(path, query), deadline)
-    _drive([_Single(exchange)])
+    drive([Single(exchange)])
     return exchange.outcome()
 
 
@@ -620,7 +532,7 @@ class _PoolProbe:
 def _probe_all(targets: Sequence[_Target], deadline: Deadline) -> tuple[FastCGIResult, ...]:
     """Ping and status of every pool at once, each within ``deadline`` and its own ``timeout_seconds``."""
     probes = [_PoolProbe(t, deadline.capped(t.pool.timeout_seconds)) for t in targets]
-    _drive(probes)
+    drive(probes)
     return tuple(probe.result() for probe in probes)
 
 
