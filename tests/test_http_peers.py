@@ -27,10 +27,9 @@ def read_head(conn: socket.socket) -> bytes:
     return data
 
 
-def probe(url: str, timeout: float = 0.5, **extra: str) -> HttpResult:
-    (result,) = HttpProbesCheck([HttpTarget(name="t", url=url, timeout_seconds=timeout, **extra)]).run(
-        Deadline.after(5.0)
-    )
+def probe(url: str, timeout: float = 0.5, unix_socket: str | None = None) -> HttpResult:
+    target = HttpTarget(name="t", url=url, timeout_seconds=timeout, unix_socket=unix_socket)
+    (result,) = HttpProbesCheck([target]).run(Deadline.after(5.0))
     return result
 
 
