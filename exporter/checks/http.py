@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import selectors
 import socket
@@ -47,6 +48,8 @@ class HttpResult:
         """nginx answered 502 Bad Gateway or 504 Gateway Timeout."""
         return self.status_code in (502, 504)
 
+
+log = logging.getLogger(__name__)
 
 _RECV_BYTES = 65536
 _HEADERS_LIMIT = 64 * 1024
@@ -329,7 +332,11 @@ class HttpProbesCheck:
             for target, request in self._targets
         ]
         drive([Single(exchange) for exchange in exchanges])
-        return tuple(exchange.result() for exchange in exchanges)
+        results = tuple(exchange.result() for exchange in exchanges)
+        for result in results:
+            log.debug("HTTP probe %s: %s in %.1f ms", result.curl, result.status_code or result.error,
+                      result.duration_seconds * 1000)  # fmt: skip
+        return results
 
 
 def metric_families(results: Iterable[HttpResult]) -> Iterable[Metric]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -20,20 +21,42 @@ def _php_version(name: str) -> tuple[int, ...] | None:
 
 
 def default_php_fpm_unit(unit_dirs: Sequence[str | os.PathLike[str]] = DEFAULT_UNIT_DIRS) -> str:
-    """The host's ``php*-fpm.service`` with the highest version, else ``php-fpm.service``."""
+    """The host's ``php*-fpm.service`` with the highest version, else ``php-fpm.service``.
+
+    Listed again only when a folder's modification time changes (a unit file added or removed): the
+    diagnosis asks on every round, and ``/lib/systemd/system`` holds hundreds of names.
+    """
+    key = tuple(os.fspath(directory) for directory in unit_dirs)
+    stamps = tuple(_modified(directory) for directory in key)
+    cached = _DEFAULT_UNIT_CACHE.get(key)
+    if cached is not None and cached[0] == stamps:
+        return cached[1]
     found: dict[str, tuple[int, ...]] = {}
-    for directory in unit_dirs:
+    for directory in key:
         try:
-            names = [entry.name for entry in Path(directory).iterdir()]
+            names = os.listdir(directory)
         except OSError:
             continue
         for name in names:
             version = _php_version(name)
             if version is not None:
                 found[name] = version
-    if not found:
-        return "php-fpm.service"
-    return max(found, key=lambda name: (found[name], name))
+    unit = max(found, key=lambda name: (found[name], name)) if found else "php-fpm.service"
+    # A folder changed within the clock's granularity of the listing may change again unseen.
+    if max(stamps) < time.time_ns() - _SETTLED_NS:
+        _DEFAULT_UNIT_CACHE[key] = (stamps, unit)
+    return unit
+
+
+_SETTLED_NS = 2_000_000_000
+_DEFAULT_UNIT_CACHE: dict[tuple[str, ...], tuple[tuple[int, ...], str]] = {}
+
+
+def _modified(directory: str) -> int:
+    try:
+        return os.stat(directory).st_mtime_ns
+    except OSError:
+        return -1
 
 
 _EXEC_START = re.compile(r"^\s*ExecStart\s*=\s*(.*)$", re.MULTILINE)
