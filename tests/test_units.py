@@ -314,16 +314,32 @@ def test_queries_are_pipelined(stack: SystemdHarness, monkeypatch: pytest.Monkey
         return original(self, messages, deadline)
 
     monkeypatch.setattr(units_module._Connection, "call_all", counting)
-    check = UnitsCheck(ALL, bus_address=stack.bus_address)
+    running = (PHP_FPM, NGINX, BACKEND)
+    check = UnitsCheck(running, bus_address=stack.bus_address)
     try:
         assert check.run(Deadline.after(5)).available
         # Hello, then one batch: ListUnitsByNames for all units and one Properties.Get per property and unit.
-        per_unit = len(units_module._PROPERTIES)
-        assert per_unit == 8  # UnitFileState, timestamps, NRestarts, MainPID, Result, ExecMain*
-        assert batches == [1, 1 + per_unit * len(ALL)]
+        state, detail = len(units_module._STATE_PROPERTIES), len(units_module._DETAIL_PROPERTIES)
+        assert (state, detail) == (
+            3,
+            5,
+        )  # UnitFileState, ActiveEnterTimestamp, MainPID; NRestarts, Result, ...
+        assert batches == [1, 1 + (state + detail) * len(running)]
         batches.clear()
         assert check.run(Deadline.after(5)).available
-        assert batches == [1 + per_unit * len(ALL)]  # connection kept
+        # Connection kept; units running the same run as before: their state alone (a unit in any
+        # other state has its details read every time).
+        assert batches == [1 + state * len(running)]
+        batches.clear()
+        # A new run of one unit: its details are read again, in a second batch.
+        before = {u.name: u for u in check.run(Deadline.after(5)).units}[PHP_FPM]
+        stack.manager("RestartUnit", "ss", (PHP_FPM, "replace"))
+        stack.wait_for(PHP_FPM, lambda v: v["ActiveState"] == "active" and v["MainPID"] != before.main_pid,
+                       props=("ActiveState", "MainPID"))  # fmt: skip
+        batches.clear()
+        after = {u.name: u for u in check.run(Deadline.after(5)).units}[PHP_FPM]
+        assert batches[1:] == [detail] and after.main_pid != before.main_pid
+        assert after.result == "success" and after.n_restarts == 0  # a manual restart
     finally:
         check.close()
 
@@ -359,7 +375,7 @@ def test_alias_is_listed_under_its_unit_name() -> None:
     check = UnitsCheck(("web.service", NGINX))
     for expected in (
         [["ListUnitsByNames"] + ["Get"] * 16, ["ListUnitsByNames"]],  # the alias alone, to tell
-        [["ListUnitsByNames"] + ["Get"] * 16],
+        [["ListUnitsByNames"] + ["Get"] * 6],  # both running as before: their state alone
     ):
         bus.batches.clear()
         units = check._query(bus, Deadline.after(5))  # type: ignore[arg-type]

@@ -47,12 +47,16 @@ _NO_SUCH_UNIT: Final = "org.freedesktop.systemd1.NoSuchUnit"
 _INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 _SERVICE_UNKNOWN: Final = "org.freedesktop.DBus.Error.ServiceUnknown"
 
-# (interface, property) pairs read with Properties.Get for every unit, in this order.
-_PROPERTIES: Final = (
+# (interface, property) pairs read with Properties.Get for every unit, in this order, on every run.
+_STATE_PROPERTIES: Final = (
     (_UNIT_IFACE, "UnitFileState"),
     (_UNIT_IFACE, "ActiveEnterTimestamp"),
-    (_SERVICE_IFACE, "NRestarts"),
     (_SERVICE_IFACE, "MainPID"),
+)
+# How the unit last ended and how often it restarted: read again only when the unit is not running,
+# or is not the same run of it as last time (its state, ActiveEnterTimestamp or MainPID changed).
+_DETAIL_PROPERTIES: Final = (
+    (_SERVICE_IFACE, "NRestarts"),
     (_SERVICE_IFACE, "Result"),
     (_SERVICE_IFACE, "ExecMainCode"),
     (_SERVICE_IFACE, "ExecMainStatus"),
@@ -523,15 +527,24 @@ class UnitsCheck:
         self._conn: _Connection | None = None
         # Unit name -> the name ListUnitsByNames reports for it (differs for an alias).
         self._ids: dict[str, str] = {}
-        # Every run sends the same calls.
-        self._calls = [
+        # The calls are built once: every run sends the state calls, and the detail calls of some units.
+        self._state_calls = [
             _Call(_SYSTEMD, _MANAGER_PATH, _MANAGER_IFACE, "ListUnitsByNames", "as", (self.units,))
         ]
-        self._calls += [
+        self._state_calls += [
             _Call(_SYSTEMD, _unit_path(unit), _PROPERTIES_IFACE, "Get", "ss", prop)
             for unit in self.units
-            for prop in _PROPERTIES
+            for prop in _STATE_PROPERTIES
         ]
+        self._detail_calls = {
+            unit: [
+                _Call(_SYSTEMD, _unit_path(unit), _PROPERTIES_IFACE, "Get", "ss", p)
+                for p in _DETAIL_PROPERTIES
+            ]
+            for unit in self.units
+        }
+        # Unit -> (the run it describes: state, ActiveEnterTimestamp, MainPID; its detail values).
+        self._details: dict[str, tuple[tuple[Any, ...], list[_Reply]]] = {}
 
     def close(self) -> None:
         """Drop the kept bus connection (a later run reopens it)."""
@@ -591,7 +604,9 @@ class UnitsCheck:
         )
 
     def _query(self, conn: _Connection, deadline: Deadline) -> tuple[UnitStatus, ...]:
-        listed, *gets = conn.call_all(self._calls, deadline)
+        asked = [unit for unit in self.units if unit not in self._details]
+        calls = self._state_calls + [call for unit in asked for call in self._detail_calls[unit]]
+        listed, *replies = conn.call_all(calls, deadline)
         if isinstance(listed, _BusError):
             if listed.name == _SERVICE_UNKNOWN:
                 raise listed  # no systemd on this bus
@@ -600,16 +615,37 @@ class UnitsCheck:
         # found; a name systemd cannot take (no suffix, bad characters) is left out.
         states: dict[str, Any] = {str(entry[0]): entry for entry in listed[0]}
         self._list_aliases(conn, states, deadline)
+        size = len(_STATE_PROPERTIES)
+        state_values = {unit: replies[i * size : (i + 1) * size] for i, unit in enumerate(self.units)}
+        details = dict(self._detail_replies(asked, replies[len(self.units) * size :]))
+        runs = {
+            unit: _run_of(states.get(self._ids.get(unit, unit)), state_values[unit]) for unit in self.units
+        }
+        stale = [u for u in self.units if u not in details and self._details[u][0] != runs[u]]
+        if stale:
+            details.update(self._detail_replies(stale, conn.call_all(
+                [call for unit in stale for call in self._detail_calls[unit]], deadline)))  # fmt: skip
         statuses = []
-        replies = iter(gets)
         for unit in self.units:
-            values = [next(replies) for _ in _PROPERTIES]
+            detail = details.get(unit) or self._details[unit][1]
+            # Kept for the next run only while the unit runs: any other state is read every time.
+            if runs[unit][0] == "active":
+                self._details[unit] = (runs[unit], detail)
+            else:
+                self._details.pop(unit, None)
             entry = states.get(self._ids.get(unit, unit))
             if entry is None:
-                statuses.append(_unlisted(unit, values))
+                statuses.append(_unlisted(unit, state_values[unit] + detail))
             else:
-                statuses.append(_status(unit, entry, [_variant(v) for v in values]))
+                statuses.append(_status(unit, entry, [_variant(v) for v in state_values[unit] + detail]))
         return tuple(statuses)
+
+    @staticmethod
+    def _detail_replies(
+        units: Sequence[str], replies: Sequence[_Reply]
+    ) -> Iterable[tuple[str, list[_Reply]]]:
+        size = len(_DETAIL_PROPERTIES)
+        return ((unit, list(replies[i * size : (i + 1) * size])) for i, unit in enumerate(units))
 
     def _list_aliases(self, conn: _Connection, states: dict[str, Any], deadline: Deadline) -> None:
         """Add to ``states`` each unit it lacks that systemd lists alone, under the name it lists."""
@@ -625,6 +661,12 @@ class UnitsCheck:
             if not isinstance(reply, _BusError) and len(reply[0]) == 1:
                 self._ids[unit] = str(reply[0][0][0])
                 states[self._ids[unit]] = reply[0][0]
+
+
+def _run_of(entry: tuple[Any, ...] | None, state_values: Sequence[_Reply]) -> tuple[Any, ...]:
+    """Which run of a unit this is: its active and sub state, ActiveEnterTimestamp and MainPID."""
+    active, sub = (entry[3], entry[4]) if entry is not None else ("", "")
+    return (active, sub, *(_variant(v) for v in state_values[1:]))
 
 
 def _unlisted(unit: str, values: list[_Reply]) -> UnitStatus:
@@ -660,7 +702,7 @@ def _number(value: Any) -> int | None:
 
 
 def _status(unit: str, entry: tuple[Any, ...], values: list[Any]) -> UnitStatus:
-    file_state, timestamp, restarts, main_pid, result, code, status, inactive = values
+    file_state, timestamp, main_pid, restarts, result, code, status, inactive = values
     return UnitStatus(
         name=unit,
         load_state=str(entry[2]),
