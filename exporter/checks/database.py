@@ -40,6 +40,8 @@ _PROTOCOL_3 = 196608
 _CANNOT_CONNECT_NOW = "57P03"
 _URL_SCHEMES = re.compile(r"^postgres(?:ql)?(?:\+\w+)?$")
 _MAX_ENVIRON = 256 * 1024
+_RESCAN_SECONDS = 30.0
+"""How long the backend processes found stand while they all run (a new one is seen within this)."""
 
 
 @dataclass(frozen=True)
@@ -149,28 +151,37 @@ def _split(value: str) -> list[str]:
 
 class _BackendEnvironments:
     """The environments of the processes whose command line matches, each read once per process: a
-    process's environment is fixed when it execs, and a process is its PID and start time."""
+    process's environment is fixed when it execs, and a process is its PID and start time.
+
+    While every backend process found last time still runs, and for at most :data:`_RESCAN_SECONDS`,
+    those are the backends and ``/proc`` is not scanned again: one ``stat`` read each.
+    """
 
     def __init__(self, pattern: re.Pattern[str], proc_root: str = "/proc") -> None:
         self._pattern = pattern
         self._proc = proc_root
         self._table = ProcTable(proc_root)
         self._read: dict[tuple[int, int], dict[str, str] | None] = {}
+        self._scanned_at = -_RESCAN_SECONDS
 
     def read(self) -> list[tuple[int, dict[str, str]]]:
         """``(pid, environment)`` of every matching process whose environment can be read."""
-        found = []
+        now = time.monotonic()
+        if not self._read or now - self._scanned_at > _RESCAN_SECONDS or not self._all_alive():
+            self._read = self._scan()
+            self._scanned_at = now
+        return [(pid, env) for (pid, _), env in self._read.items() if env is not None]
+
+    def _scan(self) -> dict[tuple[int, int], dict[str, str] | None]:
         read: dict[tuple[int, int], dict[str, str] | None] = {}
         for pid, entry in self._table.scan().items():
-            if not self._pattern.search(entry.command):
-                continue
-            key = (pid, entry.start_ticks)
-            env = self._read[key] if key in self._read else self._environ(pid)
-            read[key] = env
-            if env is not None:
-                found.append((pid, env))
-        self._read = read
-        return found
+            if self._pattern.search(entry.command):
+                key = (pid, entry.start_ticks)
+                read[key] = self._read[key] if key in self._read else self._environ(pid)
+        return read
+
+    def _all_alive(self) -> bool:
+        return all(self._table.start_ticks(pid) == ticks for pid, ticks in self._read)
 
     def _environ(self, pid: int) -> dict[str, str] | None:
         try:

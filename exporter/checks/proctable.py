@@ -70,6 +70,11 @@ class ProcTable:
             del known[key]
         return table
 
+    def start_ticks(self, pid: int) -> int | None:
+        """``pid``'s start time (``stat`` field 22) now, None when it no longer runs (or is a zombie)."""
+        entry = self._read_entry(pid, "")
+        return entry.start_ticks if entry is not None else None
+
     def started_at(self, entry: ProcEntry) -> float | None:
         """When ``entry`` started (Unix time), from the boot time in ``/proc/stat``."""
         if self._boot_time is None:
