@@ -12,6 +12,7 @@ output, on a real 100-pool round and on hostile label values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -49,12 +50,12 @@ class _Memo:
         self.om_sample_names: dict[str, str] = {}
 
     def label_set(self, labels: dict[str, str]) -> str:
-        key = tuple(sorted(labels.items()))
+        key = tuple(labels.items())  # in the family's order: the same set each scrape, no sort needed
         found = self.labels.get(key)
         if found is None:
             if len(self.labels) >= _MEMO_LIMIT:
                 self.labels.clear()
-            pairs = ",".join(f'{_label_name(k)}="{_label_value(v)}"' for k, v in key)
+            pairs = ",".join(f'{_label_name(k)}="{_label_value(v)}"' for k, v in sorted(key))
             found = self.labels[key] = "{" + pairs + "}" if pairs else ""
         return found
 
@@ -100,6 +101,17 @@ def _plain(metric: Metric) -> bool:
     )
 
 
+_COMMON_VALUES = {0.0: _go_float(0.0), 1.0: _go_float(1.0)}
+"""Most samples are 0 or 1 (one-hot states, up): their text without a call."""
+
+
+def _value(value: float) -> str:
+    found = _COMMON_VALUES.get(value)
+    if found is None or (not value and math.copysign(1.0, value) < 0):  # -0.0 == 0.0
+        return _go_float(value)
+    return found
+
+
 def _text_family(metric: Metric, memo: _Memo) -> str:
     kind = _TEXT_TYPES.get(metric.type)
     if kind is None or not _plain(metric):
@@ -107,7 +119,7 @@ def _text_family(metric: Metric, memo: _Memo) -> str:
     name = memo.name(metric.name + "_total" if kind == "counter" else metric.name)
     doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
     lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
-    lines += [f"{memo.name(s.name)}{memo.label_set(s.labels)} {_go_float(s.value)}\n" for s in metric.samples]
+    lines += [f"{memo.name(s.name)}{memo.label_set(s.labels)} {_value(s.value)}\n" for s in metric.samples]
     return "".join(lines)
 
 
@@ -122,7 +134,7 @@ def _openmetrics_family(metric: Metric, memo: _Memo) -> str:
     lines = [f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n"]
     lines += [
         f"{memo.om_sample_name(s.name)}{memo.label_set(s.labels)} "
-        f"{_go_float(s.value) if s.value is not None else ''}\n"
+        f"{_value(s.value) if s.value is not None else ''}\n"
         for s in metric.samples
     ]
     return "".join(lines)
