@@ -48,6 +48,15 @@ def test_oom_kill_window_counts_only_recent_kills() -> None:
     assert window.observe(750, None) is None
 
 
+def test_the_oom_kill_window_keeps_only_changes() -> None:
+    """A scrape every 10 ms for the whole window: the readings kept are the counter's changes, not one
+    per scrape (they were 60,000 tuples at 100 scrapes a second)."""
+    window = OomKillWindow(600)
+    for tick in range(60_000):
+        assert window.observe(tick / 100, 5 if tick < 30_000 else 6) == (0 if tick < 30_000 else 1)
+    assert len(window._readings) == 2
+
+
 def test_a_recent_oom_kill_is_memory_exhaustion(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     config = config_from_dict(

@@ -134,7 +134,8 @@ class OomKillWindow:
         readings = self._readings
         if readings and count < readings[-1][1]:
             readings.clear()  # the counter went back: a reboot or another kernel's /proc
-        readings.append((now, count))
+        if not readings or readings[-1][1] != count:
+            readings.append((now, count))  # only when it changes: a scrape a second must not pile up
         while len(readings) > 1 and now - readings[1][0] >= self.seconds:
             readings.popleft()
         return count - readings[0][1]

@@ -159,9 +159,10 @@ class RestartWindow:
             )
             recent = unit.sub_state == "auto-restart" or wall - changed <= self.seconds
             seen = self._seen[unit.name] = [(now - self.seconds, 0 if recent else unit.n_restarts)]
-        seen.append((now, unit.n_restarts))
-        # Keep the last reading older than the window as the baseline, and every reading within it.
-        while len(seen) > 2 and seen[1][0] <= now - self.seconds:
+        if seen[-1][1] != unit.n_restarts:
+            seen.append((now, unit.n_restarts))  # only when it changes: frequent scrapes must not pile up
+        # Keep the last change older than the window as the baseline, and every change within it.
+        while len(seen) > 1 and seen[1][0] <= now - self.seconds:
             seen.pop(0)
         return unit.n_restarts - seen[0][1]
 

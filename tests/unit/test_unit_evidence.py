@@ -115,3 +115,19 @@ def test_journalctl_json_lines() -> None:
         b'{"MESSAGE":[104,105,0,255]}\nnot json\n'
     )
     assert parse_json_lines(raw) == (JournalLine(1764633600.0, "boom", 3), JournalLine(None, "hi\x00\ufffd"))
+
+
+def test_the_restart_window_keeps_only_changes() -> None:
+    """Many readings of the same NRestarts keep one entry, and the count still leaves the window."""
+    from exporter.checks.units import RestartWindow, UnitStatus
+
+    window = RestartWindow(600)
+    unit = UnitStatus("php8.2-fpm.service", "loaded", "active", "running", "enabled", 0, 1.0, 7)
+    for tick in range(10_000):
+        assert window.observe(unit, tick / 100, 10_000.0) == 0
+    restarted = dataclasses.replace(unit, n_restarts=2)
+    assert window.observe(restarted, 100.0, 10_000.0) == 2
+    for tick in range(10_000):
+        assert window.observe(restarted, 100.0 + tick / 100, 10_000.0) == 2
+    assert window.observe(restarted, 701.0, 10_000.0) == 0  # the restarts are older than the window
+    assert len(window._seen[unit.name]) <= 3
