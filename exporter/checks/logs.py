@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from exporter.config import LogSettings
 from exporter.deadline import Deadline
-from exporter.logs.analyze import recent_from_settings
 from exporter.logs.episodes import Episode, index_of, line_epoch
 from exporter.logs.evidence import Evidence
 from exporter.logs.tailer import LogSnapshot, LogWatcher
@@ -55,6 +54,9 @@ class LogsCheck:
             return LogsResult(self._patterns, tuple(sorted(snapshot.logs)), snapshot, watcher.recent(),
                               watcher.episodes())  # fmt: skip
         paths = tuple(sorted({path for pattern in self._patterns for path in glob.glob(pattern)}))
+        # diagnose only (no tailer): the serving process never imports the offline reader
+        from exporter.logs.analyze import recent_from_settings
+
         recent = tuple(recent_from_settings(self._settings, limit=ONE_SHOT_LINES))
         now = time.time()
         window = self._settings.evidence_window_seconds
