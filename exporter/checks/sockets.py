@@ -49,8 +49,13 @@ _ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
 
 def accounts_stamp() -> tuple[int, ...]:
     """Changes whenever ``/etc/passwd`` or ``/etc/group`` is rewritten, and every minute anyway (NSS
-    may read other sources): the key of lookups cached across the pools of a round and across rounds."""
-    stamp = [int(time.monotonic() // _IDENTITY_TTL_SECONDS)]
+    may read other sources): the key of lookups cached across the pools of a round and across rounds.
+    The files are looked at once a second at most (each pool's prediction asks several times)."""
+    now = time.monotonic()
+    until, last = _LAST_STAMP.get("accounts", (0.0, ()))
+    if now < until:
+        return last
+    stamp = [int(now // _IDENTITY_TTL_SECONDS)]
     for path in _ACCOUNT_FILES:
         try:
             st = os.stat(path)
@@ -58,7 +63,12 @@ def accounts_stamp() -> tuple[int, ...]:
             stamp.append(-1)
             continue
         stamp += (st.st_ino, st.st_mtime_ns, st.st_size)
+    _LAST_STAMP["accounts"] = (now + _STAMP_SECONDS, tuple(stamp))
     return tuple(stamp)
+
+
+_STAMP_SECONDS = 1.0
+_LAST_STAMP: dict[str, tuple[float, tuple[int, ...]]] = {}
 
 
 @functools.lru_cache(maxsize=64)

@@ -626,20 +626,28 @@ class UnitsCheck:
         if stale:
             details.update(self._detail_replies(stale, conn.call_all(
                 [call for unit in stale for call in self._detail_calls[unit]], deadline)))  # fmt: skip
-        statuses = []
-        for unit in self.units:
-            detail = details.get(unit) or self._details[unit][1]
-            # Kept for the next run only while the unit runs: any other state is read every time.
-            if runs[unit][0] == "active":
-                self._details[unit] = (runs[unit], detail)
-            else:
-                self._details.pop(unit, None)
-            entry = states.get(self._ids.get(unit, unit))
-            if entry is None:
-                statuses.append(_unlisted(unit, state_values[unit] + detail))
-            else:
-                statuses.append(_status(unit, entry, [_variant(v) for v in state_values[unit] + detail]))
-        return tuple(statuses)
+        return tuple(
+            self._status_of(unit, states, state_values[unit], details, runs[unit]) for unit in self.units
+        )
+
+    def _status_of(
+        self,
+        unit: str,
+        states: dict[str, Any],
+        state_values: list[_Reply],
+        details: dict[str, list[_Reply]],
+        run: tuple[Any, ...],
+    ) -> UnitStatus:
+        detail = details.get(unit) or self._details[unit][1]
+        # Kept for the next run only while the unit runs: any other state is read every time.
+        if run[0] == "active":
+            self._details[unit] = (run, detail)
+        else:
+            self._details.pop(unit, None)
+        entry = states.get(self._ids.get(unit, unit))
+        if entry is None:
+            return _unlisted(unit, state_values + detail)
+        return _status(unit, entry, [_variant(v) for v in state_values + detail])
 
     @staticmethod
     def _detail_replies(

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from exporter.causes import CAUSES, Cause, Finding, Verdict
+from exporter.causes import CAUSES, Cause, Finding, Verdict, failing_findings
 from exporter.config import Config
 from exporter.diagnosis.context import StepContext
 from exporter.diagnosis.explain import explained, gateway_episodes, upstream_role
@@ -89,9 +89,7 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     findings: list[Finding] = []
     for step in STEPS:
         findings.extend(step(ctx, findings))
-    evidence = _unexplained_by_others(
-        {spec.cause: found for spec in CAUSES.values() if (found := spec.decide(spec.cause, findings))}
-    )
+    evidence = _unexplained_by_others(_decided(findings))
     gateway_errors = tuple(
         f"{probe.url} answered {probe.status_code}"
         for probe in results.http
@@ -105,6 +103,26 @@ def diagnose(results: RoundResults, config: Config) -> Diagnosis:
     if (gateway_errors and not evidence) or unexplained:
         findings.append(_unexplained(gateway_errors if not evidence else (), unexplained, ctx))
     return Diagnosis(tuple(findings), frozenset(evidence), gateway_errors, evidence, latent, unexplained)
+
+
+def _decided(findings: list[Finding]) -> dict[Cause, tuple[Finding, ...]]:
+    """Each cause's spec decides from the findings; the default decision (every failing step naming the
+    cause) is read from one index of them, not a scan of every finding per cause."""
+    failing: dict[Cause, list[Finding]] = {}
+    for finding in findings:
+        cause = finding.failing_cause
+        if cause is not None:
+            failing.setdefault(cause, []).append(finding)
+    decided = {}
+    for spec in CAUSES.values():
+        found = (
+            tuple(failing.get(spec.cause, ()))
+            if spec.decide is failing_findings
+            else spec.decide(spec.cause, findings)
+        )
+        if found:
+            decided[spec.cause] = found
+    return decided
 
 
 def _unexplained_by_others(evidence: dict[Cause, tuple[Finding, ...]]) -> dict[Cause, tuple[Finding, ...]]:
