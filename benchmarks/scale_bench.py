@@ -181,11 +181,26 @@ def timed(client: httpx.Client, url: str, headers: dict[str, str] | None = None)
     return elapsed, response.text
 
 
-def measure(client: httpx.Client, sizes: list[Size], rounds: int) -> None:
+def start_profiler(output: Path, size: Size) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the largest size's exporter (``--gil``: the thread holding the GIL)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists() or size.exporter is None:
+        note("py-spy not installed (.venv/bin/pip install py-spy); no profile")
+        return None
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(output.suffix, "flamegraph")
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(size.exporter.pid), "--rate", "500", "--threads", "--gil",
+         "--format", fmt, "--output", str(output), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def measure(client: httpx.Client, sizes: list[Size], rounds: int, profile: Path | None = None) -> None:
     """``rounds`` rounds, each scraping every size once and timing every size's floor once, rotating."""
     for _ in range(20):  # warm-up
         for size in sizes:
             timed(client, size.url)
+    spy = start_profiler(profile, sizes[-1]) if profile else None
     before = [size.cpu() for size in sizes]
     for index in range(rounds):
         order = sizes[index % len(sizes) :] + sizes[: index % len(sizes)]
@@ -194,6 +209,9 @@ def measure(client: httpx.Client, sizes: list[Size], rounds: int) -> None:
             size.times.append(seconds)
         for size in order:
             size.floor.append(floor_seconds(size))
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     for size, cpu in zip(sizes, before, strict=True):
         size.cpu_seconds = size.cpu() - cpu
         size.rss_bytes = int(size.ps.memory_info().rss)
@@ -312,6 +330,9 @@ def main() -> int:
     parser.add_argument("--hung-scrapes", type=int, default=20, help="scrapes with those pools SIGSTOPped")
     parser.add_argument("--accept", choices=sorted(ACCEPTS), default="prometheus",
                         help="Accept header: prometheus (OpenMetrics first, as Prometheus asks) or text")  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy record the largest size's exporter during the rounds"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         note("run as root: the pools' workers and nginx's run as www-data")
@@ -326,7 +347,7 @@ def main() -> int:
         for size in sizes:
             wait_until(lambda size=size: all_up(client, size), 30.0, f"the exporter of {size.pools} pools")  # type: ignore[misc]
         note(f"measuring {args.scrapes} rounds")
-        measure(client, sizes, args.scrapes)
+        measure(client, sizes, args.scrapes, args.profile)
         note(f"SIGSTOPping {args.hung} of {sizes[-1].pools} pools")
         hung = hung_scrapes(client, sizes[-1], min(args.hung, sizes[-1].pools), args.hung_scrapes, 0.5)
         report(sizes, hung, args)
