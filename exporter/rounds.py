@@ -318,8 +318,8 @@ class Prober:
     @classmethod
     def _run_lane(cls, lane: list[tuple[_Task, Future[Any]]], deadline: Deadline) -> None:
         """The local checks one after the other on one thread: they only need the CPU, and run at once
-        they fought over the GIL (100 pools: 2 ms more CPU and wall a round). One that has not started
-        by the deadline is not started (the round cancels it); one stuck is skipped by later rounds like
+        they fought over the GIL (100 pools: 2 ms more CPU and 1 ms more wall a round). One not started
+        by the deadline is not run (the round cancels it); one stuck is skipped by later rounds like
         any other, and the checks behind it run on the next round's lane."""
         for task, future in lane:
             if deadline.expired() and future.cancel():
