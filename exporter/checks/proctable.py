@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 TITLE_SETTLE_SECONDS = 5.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_MAX_STAT_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class ProcTable:
         """When ``entry`` started (Unix time), from the boot time in ``/proc/stat``."""
         if self._boot_time is None:
             try:
-                stat = read_proc_file(f"{self._proc}/stat", 1 << 16)
+                # Read whole (once): on a big host the interrupt counters before btime fill 64 KiB.
+                with open(f"{self._proc}/stat", "rb") as stat_file:
+                    stat = stat_file.read(_MAX_STAT_BYTES)
                 self._boot_time = float(stat.split(b"\nbtime ", 1)[1].split(None, 1)[0])
             except (OSError, ValueError, IndexError):
                 return None
