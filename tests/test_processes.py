@@ -136,3 +136,17 @@ def test_a_reused_pid_is_read_again_and_a_known_process_is_not(tmp_path: Path) -
     fields = (tmp_path / "201" / "stat").read_text().replace(" S 200 ", " S 1 ")
     (tmp_path / "201" / "stat").write_text(fields)
     assert count(check) == 2
+
+
+def test_the_start_time_from_stat_is_what_psutil_says() -> None:
+    """Start times are read from /proc/PID/stat and the boot time, without psutil on the scrape path."""
+    import psutil
+
+    from exporter.checks.proctable import ProcTable
+
+    table = ProcTable()
+    entry = table.scan()[os.getpid()]
+    started = table.started_at(entry)
+    assert started is not None and abs(started - psutil.Process().create_time()) < 0.05
+    assert table.start_ticks(os.getpid()) == entry.start_ticks
+    assert table.start_ticks(2**22 + 1) is None  # above pid_max: no such process
