@@ -7,7 +7,7 @@ import socket
 import struct
 import threading
 
-from harness.peers import peer
+from harness.peers import hung_and_answering, peer
 
 from exporter.checks.fastcgi import FailureReason, FastCGICheck, FastCGIPoolsCheck
 from exporter.config import PhpFpmPool
@@ -102,21 +102,15 @@ def test_more_than_a_mebibyte_is_a_bad_response() -> None:
 
 
 def test_a_hung_peer_does_not_hold_back_the_others() -> None:
-    release = threading.Event()
-
-    def hang(conn: socket.socket) -> None:
-        release.wait(10)
-
     def pong(conn: socket.socket) -> None:
         read_request(conn)
         conn.sendall(answer(b"pong"))
         conn.close()
 
-    with peer(hang) as hung, peer(pong) as good:
+    with hung_and_answering(pong) as (hung, good):
         pools = [PhpFpmPool(socket=hung, status_path=None, timeout_seconds=0.3)]
         pools += [PhpFpmPool(socket=good, status_path=None, timeout_seconds=5.0) for _ in range(5)]
         results = FastCGIPoolsCheck(pools).run(Deadline.after(5.0))
-        release.set()
     assert [(r.socket, r.up, r.failure) for r in results] == [
         (hung, False, FailureReason.TIMEOUT),
         *[(good, True, None)] * 5,

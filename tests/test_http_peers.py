@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.peers import peer
+from harness.peers import hung_and_answering, peer
 
 from exporter.checks.http import HttpProbesCheck, HttpResult
 from exporter.config import HttpTarget
@@ -131,23 +131,17 @@ def test_a_body_that_never_ends_is_up_after_its_first_bytes() -> None:
 
 
 def test_a_hung_peer_does_not_hold_back_the_others() -> None:
-    release = threading.Event()
-
-    def hang(conn: socket.socket) -> None:
-        release.wait(10)
-
     def ok(conn: socket.socket) -> None:
         read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         conn.close()
 
-    with peer(hang) as hung, peer(ok) as good:
+    with hung_and_answering(ok) as (hung, good):
         targets = [HttpTarget(name="hung", url=f"http://{hung}/", timeout_seconds=0.3)]
         targets += [HttpTarget(name=f"good{i}", url=f"http://{good}/", timeout_seconds=5.0) for i in range(5)]
         started = time.monotonic()
         results = HttpProbesCheck(targets).run(Deadline.after(5.0))
         took = time.monotonic() - started
-        release.set()
     assert [(r.target, r.up, r.error) for r in results] == [
         ("hung", False, "timeout"),
         *[(f"good{i}", True, None) for i in range(5)],

@@ -42,3 +42,18 @@ def peer(serve: Serve) -> Iterator[str]:
         listener.close()
         for conn in connections:
             conn.close()
+
+
+@contextmanager
+def hung_and_answering(answer: Serve) -> Iterator[tuple[str, str]]:
+    """Two peers: one that accepts and never answers (a SIGSTOPped server), one served by ``answer``."""
+    release = threading.Event()
+
+    def hang(conn: socket.socket) -> None:
+        release.wait(10)
+
+    with peer(hang) as hung, peer(answer) as good:
+        try:
+            yield hung, good
+        finally:
+            release.set()
