@@ -12,7 +12,6 @@ output, on a real 100-pool round and on hostile label values.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -48,6 +47,8 @@ class _Memo:
         self.labels: dict[tuple[tuple[str, str], ...], str] = {}
         self.names: dict[str, str] = {}
         self.om_sample_names: dict[str, str] = {}
+        self.heads: dict[tuple[str, str, str], str] = {}
+        self.om_heads: dict[tuple[str, str, str], str] = {}
 
     def label_set(self, labels: dict[str, str]) -> str:
         key = tuple(labels.items())  # in the family's order: the same set each scrape, no sort needed
@@ -57,6 +58,32 @@ class _Memo:
                 self.labels.clear()
             pairs = ",".join(f'{_label_name(k)}="{_label_value(v)}"' for k, v in sorted(key))
             found = self.labels[key] = "{" + pairs + "}" if pairs else ""
+        return found
+
+    def text_head(self, metric: Metric, kind: str) -> str:
+        """``# HELP`` and ``# TYPE`` of a family in the text format."""
+        key = (metric.name, kind, metric.documentation)
+        found = self.heads.get(key)
+        if found is None:
+            if len(self.heads) >= _MEMO_LIMIT:
+                self.heads.clear()
+            name = self.name(metric.name + "_total" if kind == "counter" else metric.name)
+            doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            found = self.heads[key] = f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+        return found
+
+    def openmetrics_head(self, metric: Metric) -> str:
+        """``# HELP`` and ``# TYPE`` of a family in OpenMetrics."""
+        key = (metric.name, metric.type, metric.documentation)
+        found = self.om_heads.get(key)
+        if found is None:
+            if len(self.om_heads) >= _MEMO_LIMIT:
+                self.om_heads.clear()
+            name = self.name(metric.name)
+            doc = openmetrics._escape(
+                metric.documentation, openmetrics.ALLOWUTF8, openmetrics._is_legacy_labelname_rune
+            )
+            found = self.om_heads[key] = f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n"
         return found
 
     def name(self, name: str) -> str:
@@ -90,36 +117,41 @@ _MEMO = _Memo()
 
 
 def _plain(metric: Metric) -> bool:
-    """Whether every sample is a plain one: no timestamp, exemplar, native histogram or OM-only suffix."""
-    suffixed = tuple(metric.name + suffix for suffix in _OM_SUFFIXES)
-    return all(
-        s.timestamp is None
-        and s.exemplar is None
-        and getattr(s, "native_histogram", None) is None
-        and s.name not in suffixed
-        for s in metric.samples
-    )
-
-
-_COMMON_VALUES = {0.0: _go_float(0.0), 1.0: _go_float(1.0)}
-"""Most samples are 0 or 1 (one-hot states, up): their text without a call."""
+    """Whether every sample is a plain one: named as its family (``_total`` for a counter), without a
+    timestamp, exemplar or native histogram. Anything else (``_created``, an info's or a histogram's
+    samples) is for prometheus_client to write."""
+    name = metric.name
+    total = name + "_total"
+    for s in metric.samples:
+        if s.name not in (name, total):
+            return False
+        if (
+            s.timestamp is not None
+            or s.exemplar is not None
+            or getattr(s, "native_histogram", None) is not None
+        ):
+            return False
+    return True
 
 
 def _value(value: float) -> str:
-    found = _COMMON_VALUES.get(value)
-    if found is None or (not value and math.copysign(1.0, value) < 0):  # -0.0 == 0.0
-        return _go_float(value)
-    return found
+    """``floatToGoString``: for a float between -1e6 and 1e6 that is its ``repr`` (Go switches to an
+    exponent above 1e6; infinities and NaN are spelled out), so those are written without a call."""
+    if value.__class__ is float and -1e6 < value < 1e6:
+        return repr(value)
+    return _go_float(value)
 
 
 def _text_family(metric: Metric, memo: _Memo) -> str:
     kind = _TEXT_TYPES.get(metric.type)
     if kind is None or not _plain(metric):
         return text_format.generate_latest(_One(metric)).decode("utf-8")
-    name = memo.name(metric.name + "_total" if kind == "counter" else metric.name)
-    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
-    lines += [f"{memo.name(s.name)}{memo.label_set(s.labels)} {_value(s.value)}\n" for s in metric.samples]
+    lines = [memo.text_head(metric, kind)]
+    names, name_of, label_set = memo.names, memo.name, memo.label_set
+    lines += [
+        f"{names.get(s.name) or name_of(s.name)}{label_set(s.labels)} {_value(s.value)}\n"
+        for s in metric.samples
+    ]
     return "".join(lines)
 
 
@@ -127,13 +159,10 @@ def _openmetrics_family(metric: Metric, memo: _Memo) -> str:
     if metric.type not in _TEXT_TYPES or metric.unit or not _plain(metric):
         whole = _openmetrics_latest(_One(metric)).decode("utf-8")
         return whole.removesuffix("# EOF\n")
-    name = memo.name(metric.name)
-    doc = openmetrics._escape(
-        metric.documentation, openmetrics.ALLOWUTF8, openmetrics._is_legacy_labelname_rune
-    )
-    lines = [f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n"]
+    lines = [memo.openmetrics_head(metric)]
+    names, name_of, label_set = memo.om_sample_names, memo.om_sample_name, memo.label_set
     lines += [
-        f"{memo.om_sample_name(s.name)}{memo.label_set(s.labels)} "
+        f"{names.get(s.name) or name_of(s.name)}{label_set(s.labels)} "
         f"{_value(s.value) if s.value is not None else ''}\n"
         for s in metric.samples
     ]
