@@ -196,8 +196,9 @@ _HEADER = struct.Struct(flup_fcgi.FCGI_Header)
 class _Exchange:
     """One request on its own non-blocking connection: connect, send, read up to FCGI_END_REQUEST.
 
-    Driven by :class:`~exporter.checks.nonblocking.Loop`: :meth:`start`, then :meth:`handle` whenever the socket is ready for
-    :attr:`events`, or :meth:`expire` once :attr:`deadline` passes. ``request`` None: connect only.
+    Driven by :class:`~exporter.checks.nonblocking.Loop`: :meth:`start`, then :meth:`handle` whenever
+    the socket is ready for :attr:`events`, or :meth:`expire` once :attr:`deadline` passes.
+    ``request`` None: connect only.
     """
 
     __slots__ = ("_buffer", "_request", "_sent", "_size", "_stderr", "_stdout", "address", "deadline",
