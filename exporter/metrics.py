@@ -93,15 +93,20 @@ def _distinct_fixes(findings: Sequence[Finding]) -> list[tuple[str, tuple[str, .
     return [(fix, tuple(facts)) for fix, facts in merged.items()]
 
 
+MAX_EXPORTED_ALTERNATIVES = 3
+"""Alternatives exported per missing socket: with 100 pools one mistyped path would make 99 series."""
+
+
 def discovery_families(results: RoundResults, config: Config) -> Iterator[Metric]:
     """``fastcgi_socket_alternative`` and ``discovery_config_errors``."""
     alternative = GaugeMetricFamily(
         "badgateway_fastcgi_socket_alternative",
-        "1 when the socket is missing but a PHP-FPM pool found in the configuration listens on `alternative`.",
+        "1 when the socket is missing but a PHP-FPM pool found in the configuration listens on `alternative`"
+        " (the three likeliest).",
         labels=["socket", "alternative"],
     )
     for path, alternatives in results.socket_alternatives:
-        for other in alternatives:
+        for other in alternatives[:MAX_EXPORTED_ALTERNATIVES]:  # the likeliest first
             alternative.add_metric([path, other], 1.0)
     yield alternative
     discovered = config.discovered

@@ -627,3 +627,17 @@ def test_a_full_backlog_in_front_of_busy_workers_is_the_backlog_alone() -> None:
     diagnosis = diagnose(_lines(full)(_pool_busy(healthy())), config())
     assert diagnosis.causes == {Cause.LISTEN_BACKLOG_FULL}
     assert any(f.failing_cause is Cause.PHP_FPM_POOL_EXHAUSTED for f in diagnosis.findings)  # still shown
+
+
+def test_a_missing_socket_exports_its_three_likeliest_alternatives() -> None:
+    """With 100 pools one mistyped path would make 99 series: three are exported, the likeliest first;
+    the diagnosis keeps them all."""
+    from exporter.metrics import MAX_EXPORTED_ALTERNATIVES, discovery_families
+
+    alternatives = tuple(f"/run/php/site{i:03d}.sock" for i in range(99))
+    results = dataclasses.replace(healthy(), socket_alternatives=((SOCKET, alternatives),))
+    (family, *_) = discovery_families(results, config())
+    assert family.name == "badgateway_fastcgi_socket_alternative"
+    assert [s.labels["alternative"] for s in family.samples] == list(alternatives[:MAX_EXPORTED_ALTERNATIVES])
+    assert MAX_EXPORTED_ALTERNATIVES == 3
+    assert results.alternatives_of(SOCKET) == alternatives
