@@ -26,6 +26,7 @@ import pytest
 import yaml
 from harness import free_port, wait_until
 from harness.exporters import cli
+from harness.tree import spawn_logged
 
 from exporter import app
 from exporter.app import Checked, Exporter
@@ -218,11 +219,7 @@ class DebianHost:
         self._nginx = None
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with (self.root / "log" / log).open("ab") as out:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
-                start_new_session=True,
-            )  # fmt: skip
+        return spawn_logged(argv, self.root, log)
 
 
 def _answers(port: int) -> bool:

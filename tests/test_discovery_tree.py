@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from harness import free_port, wait_until
+from harness.tree import readable_dir, readable_file, spawn_logged
 
 from exporter.demo.stack import find_binary, http_status, stop_process, unix_connects
 
@@ -99,17 +100,10 @@ class Tree:
     # -- files -------------------------------------------------------------------------------
 
     def _mkdir(self, path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        for folder in [path, *path.parents]:
-            if folder == self.root.parent:
-                break
-            folder.chmod(0o755)
-        return path
+        return readable_dir(path, self.root)
 
     def _write_file(self, path: Path, text: str) -> None:
-        self._mkdir(path.parent)
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o644)
+        readable_file(path, text, self.root)
 
     def _write(self) -> None:
         root = self.root
@@ -281,11 +275,7 @@ pm.max_children = 1
         return self._nginx.pid if self._nginx is not None and self._nginx.poll() is None else None
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with (self.root / "log" / log).open("ab") as out:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
-                start_new_session=True,
-            )  # fmt: skip
+        return spawn_logged(argv, self.root, log)
 
     def stop_php_fpm(self) -> None:
         """SIGQUIT PHP-FPM and wait for it."""

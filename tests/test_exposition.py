@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 import pytest
-from harness.pools import PoolFarm
+from harness.pools import PoolFarm, running_farm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import exposition as text_format
@@ -25,7 +24,6 @@ from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.app import Exporter, printable_labels
 from exporter.config import config_from_dict
-from exporter.demo.stack import StackError, find_binary, make_root
 from exporter.exposition import choose_encoder, generate_openmetrics, generate_text
 from exporter.metrics import round_metric_families, scrape_registry
 
@@ -56,19 +54,8 @@ def assert_same_bytes(registry: Frozen) -> None:
 def farm() -> Iterator[PoolFarm]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the pools' workers run as www-data")
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
-    root = make_root("badgateway-exposition-")
-    pools = PoolFarm(root, 100)
-    try:
-        pools.start()
+    with running_farm(100, "badgateway-exposition-") as pools:
         yield pools
-    finally:
-        pools.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_real_100_pool_round_encodes_to_the_librarys_bytes(farm: PoolFarm) -> None:

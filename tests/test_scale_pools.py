@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ from typing import Any
 import pytest
 import yaml
 from harness.exporters import diagnose_json, diagnosed_causes, running_exporter
-from harness.pools import PoolFarm
+from harness.pools import PoolFarm, running_farm
 
 from exporter.checks.fastcgi import FastCGIPoolsCheck
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
-from exporter.demo.stack import StackError, find_binary, make_root
 from exporter.discovery.merge import MAX_FRONT_TARGETS, load_config
 
 pytestmark = [
@@ -29,20 +27,8 @@ POOLS = 100
 
 @pytest.fixture(scope="module")
 def farm() -> Iterator[PoolFarm]:
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
-    root = make_root("badgateway-pools-")
-    pools = PoolFarm(root, POOLS)
-    try:
-        pools.start()
+    with running_farm(POOLS, "badgateway-pools-") as pools:
         yield pools
-    finally:
-        pools.stop()
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def config_file(farm: PoolFarm) -> Path:

@@ -17,15 +17,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
-from exporter.demo.stack import ROOT_ENV, find_binary, http_status, stop_process, unix_connects
+from exporter.demo.stack import (
+    ROOT_ENV,
+    StackError,
+    find_binary,
+    http_status,
+    make_root,
+    stop_process,
+    unix_connects,
+)
 from harness import free_port, wait_until
+from harness.tree import readable_dir, readable_file, spawn_logged
 
 _TIMEOUT = 30.0
 WORKER_USER = "www-data"
@@ -70,17 +81,10 @@ class PoolFarm:
         return self.etc_nginx / "sites-available" / name
 
     def _mkdir(self, path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        for folder in [path, *path.parents]:
-            if folder == self.root.parent:
-                break
-            folder.chmod(0o755)
-        return path
+        return readable_dir(path, self.root)
 
     def _write_file(self, path: Path, text: str) -> None:
-        self._mkdir(path.parent)
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o644)
+        readable_file(path, text, self.root)
 
     def _write(self) -> None:
         root = self.root
@@ -328,11 +332,7 @@ pm.max_children = 1
         self._paused.clear()
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with (self.root / "log" / log).open("ab") as out:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
-                start_new_session=True,
-            )  # fmt: skip
+        return spawn_logged(argv, self.root, log)
 
     def stop(self) -> None:
         """Resume paused pools, SIGQUIT both masters (they reap their workers) and wait; SIGKILL after a deadline."""
@@ -341,3 +341,25 @@ pm.max_children = 1
         stop_process(self._backend, signal.SIGTERM, _TIMEOUT)
         stop_process(self._php, signal.SIGQUIT, _TIMEOUT)
         self._nginx = self._php = self._backend = None
+
+
+@contextlib.contextmanager
+def running_farm(pools: int, prefix: str) -> Iterator[PoolFarm]:
+    """A started :class:`PoolFarm` of ``pools`` pools under a fresh root, stopped and removed after
+    (kept with ``BADGATEWAY_KEEP_STACK``); the test is skipped when nginx or PHP-FPM is missing."""
+    import pytest  # this module also serves the benchmarks, outside pytest
+
+    try:
+        find_binary("BADGATEWAY_NGINX", ["nginx"])
+        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
+    except StackError as exc:
+        pytest.skip(f"real stack unavailable: {exc}")
+    root = make_root(prefix)
+    farm = PoolFarm(root, pools)
+    try:
+        farm.start()
+        yield farm
+    finally:
+        farm.stop()
+        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
