@@ -8,7 +8,6 @@ harness's system-mode systemd, read by the units check over D-Bus, shown by ``di
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from harness import free_port, wait_until
 from harness.exporters import running_exporter
-from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
+from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, require_systemd
 
 from exporter.causes import Cause
 from exporter.checks.processes import ProcessesCheck
@@ -39,11 +38,7 @@ CRASH_APP = 'raise RuntimeError("could not connect to the database at 127.0.0.1:
 
 @pytest.fixture(scope="module")
 def systemd() -> Iterator[SystemdHarness]:
-    reason = namespace_refusal()
-    if reason is not None:
-        if os.environ.get("BADGATEWAY_REQUIRE_SYSTEMD"):
-            pytest.fail(f"a real systemd is required here but cannot run: {reason}")
-        pytest.skip(f"no real systemd possible here: {reason}")
+    require_systemd()
     harness = SystemdHarness()
     harness.start()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -27,8 +26,8 @@ from harness.systemd import (
     SystemdHarness,
     host_differences,
     host_snapshot,
-    namespace_refusal,
     remove_stale,
+    require_systemd,
 )
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -40,7 +39,6 @@ from exporter.discovery import units as unit_files
 from exporter.discovery.units import default_php_fpm_unit
 
 ALL = (PHP_FPM, NGINX, BACKEND, BROKEN, FLAKY, MISSING)
-REQUIRE_ENV = "BADGATEWAY_REQUIRE_SYSTEMD"
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -101,21 +99,13 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return int(response.status), response.read().decode()
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but the real-systemd harness cannot run: {reason}")
-    pytest.skip(f"real systemd harness not possible here: {reason}")
-
-
 # -- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def systemd(
     request: pytest.FixtureRequest, record_testsuite_property: Callable[[str, object], None]
 ) -> Iterator[SystemdHarness]:
     """One real systemd for the module; teardown verifies the host was left as found."""
-    reason = namespace_refusal()
-    if reason is not None:
-        _skip_or_fail(reason)
+    require_systemd()
     harness = SystemdHarness()  # first removes leftovers of an earlier killed run
     before = host_snapshot()
     harness.start()
@@ -440,9 +430,7 @@ def test_expired_deadline_against_real_bus_returns_promptly(stack: SystemdHarnes
 
 def test_host_left_exactly_as_found() -> None:
     """A full harness lifecycle (systemd, dbus, all units running) leaves no trace on the host."""
-    reason = namespace_refusal()
-    if reason is not None:
-        _skip_or_fail(reason)
+    require_systemd()
     harness = SystemdHarness()
     before = host_snapshot()
     harness.start()
@@ -491,9 +479,7 @@ print(line)
 
 def test_killed_test_process_takes_systemd_down() -> None:
     """SIGKILL of the process owning a harness kills the namespace; the next harness removes leftovers."""
-    reason = namespace_refusal()
-    if reason is not None:
-        _skip_or_fail(reason)
+    require_systemd()
     remove_stale()
     before = host_snapshot()
     out = subprocess.run(

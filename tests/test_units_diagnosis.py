@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
@@ -10,7 +9,7 @@ import httpx
 import pytest
 from harness import wait_until
 from harness.exporters import parse, running_exporter
-from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, namespace_refusal
+from harness.systemd import BACKEND, NGINX, PHP_FPM, SystemdHarness, require_systemd
 
 from exporter.config import Config, config_from_dict
 from exporter.diagnosis import Verdict, diagnose
@@ -19,11 +18,7 @@ from exporter.rounds import Prober
 
 @pytest.fixture(scope="module")
 def systemd() -> Iterator[SystemdHarness]:
-    reason = namespace_refusal()
-    if reason is not None:
-        if os.environ.get("BADGATEWAY_REQUIRE_SYSTEMD"):
-            pytest.fail(f"a real systemd is required here but cannot run: {reason}")
-        pytest.skip(f"no real systemd possible here: {reason}")
+    require_systemd()
     harness = SystemdHarness()
     harness.start()
     try:
