@@ -21,11 +21,8 @@ import ssl
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import bcrypt
@@ -33,7 +30,7 @@ import httpx
 import psutil
 import yaml
 from harness import wait_until
-from harness.process import ExporterProcess, exporter_process
+from harness.process import ExporterProcess, exporter_process, offline_config_file, sampling
 
 USER = "prometheus"
 PASSWORD = "correct horse battery staple"
@@ -115,31 +112,6 @@ def _flood_main(argv: list[str]) -> int:
 # -- measuring the exporter --------------------------------------------------------------------
 
 
-@contextmanager
-def sampling(pid: int) -> Iterator[dict[str, int]]:
-    """Peak RSS and open file descriptors of ``pid`` while the block runs (every 20 ms)."""
-    process = psutil.Process(pid)
-    peak = {"rss": process.memory_info().rss, "fds": process.num_fds()}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            try:
-                with process.oneshot():
-                    peak["rss"] = max(peak["rss"], process.memory_info().rss)
-                    peak["fds"] = max(peak["fds"], process.num_fds())
-            except psutil.Error:
-                return
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def scrape_times(client: httpx.Client, url: str, until: float, at_least: int) -> list[float]:
     """Scrape ``url`` every 0.1 s until ``until`` (and at least ``at_least`` times); each latency."""
     seconds: list[float] = []
@@ -155,23 +127,6 @@ def scrape_times(client: httpx.Client, url: str, until: float, at_least: int) ->
 
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
-
-
-def offline_config(folder: Path) -> Path:
-    """A config whose checks fail fast (nothing in it exists): these tests are about the server."""
-    path = folder / "config.yml"
-    document = {
-        "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
-        "http": [],
-        "nginx": {"test": False},
-        "units": {"enabled": False},
-        "discovery": {"enabled": False},
-        "filesystems": [str(folder)],
-        "logs": {"nginx": [], "php_fpm": []},
-        "scrape_timeout_seconds": 5.0,
-    }
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
 
 
 def web_config(folder: Path, tls: tuple[Path, Path] | None, cost: int = COST) -> Path:
@@ -229,7 +184,7 @@ def test_wrong_password_flood_does_not_take_metrics_down(tmp_path: Path) -> None
     from test_webconfig import make_pki
 
     pki = make_pki(tmp_path / "pki")
-    args = ["--config", str(offline_config(tmp_path))]
+    args = ["--config", str(offline_config_file(tmp_path, scrape_timeout_seconds=5.0))]
     args += ["--web.config.file", str(web_config(tmp_path, (pki.server_cert, pki.server_key)))]
     with exporter_process(args, tmp_path / "exporter.log") as proc:
         figures = measure_flood(proc, pki.ca, tmp_path)
@@ -257,7 +212,12 @@ def test_wrong_password_flood_does_not_take_metrics_down(tmp_path: Path) -> None
 
 def test_password_checks_of_clients_that_left_are_dropped(tmp_path: Path) -> None:
     """Queued password checks whose clients have closed the connection never run bcrypt."""
-    args = ["--config", str(offline_config(tmp_path)), "--log.level", "debug"]
+    args = [
+        "--config",
+        str(offline_config_file(tmp_path, scrape_timeout_seconds=5.0)),
+        "--log.level",
+        "debug",
+    ]
     args += ["--web.config.file", str(web_config(tmp_path, None, cost=12))]
     with exporter_process(args, tmp_path / "exporter.log") as proc:
         sockets = []

@@ -9,7 +9,6 @@ read from the kernel (``VmHWM``), and the bomb is also timed in-process.
 from __future__ import annotations
 
 import dataclasses
-import re
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from harness.process import vm_hwm
 
 from exporter.config import MAX_YAML_BYTES, NUMBER_RANGES, Config, ConfigError
 from exporter.discovery.merge import load_config
@@ -59,16 +59,6 @@ def refused(*args: str) -> tuple[str, float]:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return lines[0], seconds
-
-
-def vm_hwm(pid: int) -> int:
-    """The peak RSS (bytes) of ``pid`` so far, from the kernel (``VmHWM``); 0 once it has exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    except OSError:
-        return 0
-    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found.group(1)) * 1024 if found else 0
 
 
 def peak_rss(*args: str) -> int:

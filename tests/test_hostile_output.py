@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -20,9 +19,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-import yaml
 from harness import wait_until
-from harness.process import exporter_process
+from harness.process import exporter_process, offline_config_file, vm_hwm
 
 from exporter.logs.analyze import MAX_MINUTES, analyze
 
@@ -47,16 +45,6 @@ def run(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subproc
         timeout=timeout,
         check=False,
     )
-
-
-def vm_hwm(pid: int) -> int:
-    """The peak RSS (bytes) of ``pid`` so far, from the kernel (``VmHWM``); 0 once it has exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    except OSError:
-        return 0
-    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found.group(1)) * 1024 if found else 0
 
 
 def peak_rss_of(args: list[str], feed: bytes = b"", feed_times: int = 0) -> tuple[int, int]:
@@ -96,21 +84,6 @@ def peak_rss_of(args: list[str], feed: bytes = b"", feed_times: int = 0) -> tupl
 # -- terminal escapes --------------------------------------------------------------------------
 
 
-def offline_config(folder: Path, log: Path) -> Path:
-    document = {
-        "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
-        "http": [],
-        "nginx": {"test": False},
-        "units": {"enabled": False},
-        "discovery": {"enabled": False},
-        "filesystems": [str(folder)],
-        "logs": {"nginx": [str(log)], "php_fpm": [], "start": "beginning"},
-    }
-    path = folder / "config.yml"
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
-
-
 def hostile_log(folder: Path) -> Path:
     log = folder / "error.log"
     now = datetime.now()
@@ -124,7 +97,11 @@ def hostile_log(folder: Path) -> Path:
 
 def test_diagnose_and_analyze_show_terminal_escapes_escaped(tmp_path: Path) -> None:
     log = hostile_log(tmp_path)
-    diagnosed = run("--config", str(offline_config(tmp_path, log)), "diagnose")
+    diagnosed = run(
+        "--config",
+        str(offline_config_file(tmp_path, logs={"nginx": [str(log)], "php_fpm": [], "start": "beginning"})),
+        "diagnose",
+    )
     analyzed = run("logs", "analyze", str(log))
     assert analyzed.returncode == 0, analyzed.stderr
     for done in (diagnosed, analyzed):
@@ -141,7 +118,13 @@ def test_diagnose_and_analyze_show_terminal_escapes_escaped(tmp_path: Path) -> N
 def test_label_values_show_control_characters_escaped(tmp_path: Path) -> None:
     log = hostile_log(tmp_path)
     with exporter_process(
-        ["--config", str(offline_config(tmp_path, log))], tmp_path / "exporter.log"
+        [
+            "--config",
+            str(
+                offline_config_file(tmp_path, logs={"nginx": [str(log)], "php_fpm": [], "start": "beginning"})
+            ),
+        ],
+        tmp_path / "exporter.log",
     ) as proc:
 
         def scraped() -> str:

@@ -29,33 +29,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from harness import wait_until
 from harness.exporters import parse
-from harness.process import ExporterProcess, exporter_process
+from harness.process import ExporterProcess, exporter_process, offline_config_file
 
 from exporter.server import Limits
 
 CHURN_CLIENTS = 400
 CHURN_SECONDS = 8.0
 LEGIT_SCRAPES = 100
-
-
-def write_config(folder: Path, **overrides: object) -> Path:
-    """A config whose checks fail fast (nothing in it exists), with ``overrides``."""
-    document: dict[str, object] = {
-        "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
-        "http": [],
-        "nginx": {"test": False},
-        "units": {"enabled": False},
-        "discovery": {"enabled": False},
-        "filesystems": [str(folder)],
-        "logs": {"nginx": [], "php_fpm": []},
-        **overrides,
-    }
-    path = folder / "config.yml"
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
 
 
 # -- churn (its own process) -------------------------------------------------------------------
@@ -109,7 +91,9 @@ def listen_backlog(port: int) -> int:
 
 def test_backlog_is_applied_and_scrapes_survive_churn(tmp_path: Path) -> None:
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-    with exporter_process(["--config", str(write_config(tmp_path))], tmp_path / "exporter.log") as proc:
+    with exporter_process(
+        ["--config", str(offline_config_file(tmp_path))], tmp_path / "exporter.log"
+    ) as proc:
         backlog = listen_backlog(proc.port)
         churner = subprocess.Popen(
             [sys.executable, __file__, str(proc.port), str(CHURN_SECONDS), str(CHURN_CLIENTS)],
@@ -187,7 +171,7 @@ def _spoil(proc: ExporterProcess, header: str, stop: threading.Event, sent: Coun
 def test_a_tiny_deadline_does_not_spoil_the_shared_round(tmp_path: Path) -> None:
     with slow_backend() as port:
         target = {"name": "slow", "url": f"http://127.0.0.1:{port}/health", "timeout_seconds": 5}
-        config = write_config(tmp_path, http=[target], scrape_timeout_seconds=10)
+        config = offline_config_file(tmp_path, http=[target], scrape_timeout_seconds=10)
         with exporter_process(["--config", str(config)], tmp_path / "exporter.log") as proc:
             stop = threading.Event()
             sent: Counter[str] = Counter()

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from harness import wait_until
 from harness.exporters import write_config
-from harness.process import ExporterProcess, exporter_process, serving
+from harness.process import ExporterProcess, exporter_process, sampling, serving
 
 from exporter.demo.stack import Stack
 from exporter.server import Limits
@@ -76,28 +76,6 @@ def established(pid: int, port: int) -> int:
 
 
 @contextmanager
-def sampling(pid: int) -> Iterator[dict[str, int]]:
-    """Peak thread count and RSS of ``pid`` while the block runs (sampled every 10 ms)."""
-    process = psutil.Process(pid)
-    peak = {"threads": process.num_threads(), "rss": process.memory_info().rss}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.01):
-            with process.oneshot():
-                peak["threads"] = max(peak["threads"], process.num_threads())
-                peak["rss"] = max(peak["rss"], process.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-@contextmanager
 def running(stack: Stack, log: Path) -> Iterator[ExporterProcess]:
     with exporter_process(["--config", str(write_config(stack))], log) as proc:
         # warm up: concurrent scrapes start every pool thread once, so later growth would be real
@@ -117,7 +95,7 @@ def test_stalled_clients_cannot_exhaust_the_server(stack: Stack, tmp_path: Path)
         threads_before, rss_before = process.num_threads(), process.memory_info().rss
         stalled: list[socket.socket] = []
         try:
-            with sampling(proc.pid) as peak:
+            with sampling(proc.pid, interval=0.01) as peak:
                 for index in range(STALLED_SILENT + STALLED_HALF):
                     sock = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
                     if index >= STALLED_SILENT:  # half a request, never finished
@@ -173,7 +151,7 @@ def test_flood_of_parallel_scrapes_shares_rounds(stack: Stack, tmp_path: Path) -
             async with httpx.AsyncClient(limits=limits, timeout=30) as client:
                 return await asyncio.gather(*(client.get(f"{proc.url()}/metrics") for _ in range(FLOOD)))
 
-        with sampling(proc.pid) as peak:
+        with sampling(proc.pid, interval=0.01) as peak:
             started = time.monotonic()
             responses = asyncio.run(flood())
             seconds = time.monotonic() - started

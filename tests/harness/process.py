@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
+import yaml
 
 from exporter.app import serving as app_serving
 from exporter.config import Config, config_from_dict
@@ -90,19 +95,69 @@ def exporter_process(
                 proc.wait(timeout=10)
 
 
+def offline_settings(folder: Path, **overrides: object) -> dict[str, object]:
+    """Settings whose checks all fail fast: nothing in them exists (tests about the server or the
+    CLI, not the host), with ``overrides``."""
+    return {
+        "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
+        "http": [],
+        "nginx": {"test": False},
+        "units": {"enabled": False},
+        "discovery": {"enabled": False},
+        "filesystems": [str(folder)],
+        "logs": {"nginx": [], "php_fpm": []},
+        **overrides,
+    }
+
+
+def offline_config_file(folder: Path, **overrides: object) -> Path:
+    """:func:`offline_settings` written to ``folder/config.yml``."""
+    path = folder / "config.yml"
+    path.write_text(yaml.safe_dump(offline_settings(folder, **overrides)), encoding="utf-8")
+    return path
+
+
 def offline_config(folder: Path) -> Config:
-    """A config whose checks all fail fast: nothing in it exists (these tests are about the server)."""
-    return config_from_dict(
-        {
-            "php_fpm": [{"socket": str(folder / "missing.sock"), "timeout_seconds": 0.2}],
-            "http": [],
-            "nginx": {"test": False},
-            "units": {"enabled": False},
-            "filesystems": [str(folder)],
-            "scrape_timeout_seconds": 2.0,
-        },
-        "test",
-    )
+    """:func:`offline_settings` as a config, for the server in-process."""
+    return config_from_dict(offline_settings(folder, scrape_timeout_seconds=2.0), "test")
+
+
+@contextmanager
+def sampling(pid: int, interval: float = 0.02) -> Iterator[dict[str, int]]:
+    """Peak RSS (``rss``), open descriptors (``fds``) and threads (``threads``) of ``pid`` while the
+    block runs, sampled every ``interval`` seconds until the block ends or the process does."""
+    process = psutil.Process(pid)
+    with process.oneshot():
+        peak = {"rss": process.memory_info().rss, "fds": process.num_fds(), "threads": process.num_threads()}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            try:
+                with process.oneshot():
+                    peak["rss"] = max(peak["rss"], process.memory_info().rss)
+                    peak["fds"] = max(peak["fds"], process.num_fds())
+                    peak["threads"] = max(peak["threads"], process.num_threads())
+            except psutil.Error:
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def vm_hwm(pid: int) -> int:
+    """The peak RSS (bytes) of ``pid`` so far, from the kernel (``VmHWM``); 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
 
 
 @contextmanager
