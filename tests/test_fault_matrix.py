@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from harness import wait_until
+from harness.alerting import paging_refusal
 from harness.exporters import diagnose_json, diagnosed_causes
 from harness.faults import (
     FaultResult,
@@ -40,7 +41,7 @@ from harness.faults import (
 
 from exporter.demo.alerting import find_program
 from exporter.demo.catalogue import FAULTS
-from exporter.demo.stack import StackError, find_binary, make_root
+from exporter.demo.stack import make_root
 from exporter.demo.webhook import Notification
 
 FULL = os.environ.get("BADGATEWAY_FAULT_MATRIX") == "1"
@@ -68,20 +69,7 @@ class MatrixRun:
 
 
 def _requirements() -> str | None:
-    reason = mount_refusal()
-    if reason is not None:
-        return reason
-    for program in ("prometheus", "promtool"):
-        if find_program(program) is None:
-            return f"{program} not installed (Debian package prometheus)"
-    if find_program("prometheus-alertmanager", "alertmanager") is None:
-        return "prometheus-alertmanager not installed"
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        return str(exc)
-    return None
+    return mount_refusal() or paging_refusal()
 
 
 def _run() -> MatrixRun:

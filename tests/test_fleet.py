@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import poll
+from harness.alerting import paging_refusal
 from harness.fleet import (
     FLEET_SETTINGS,
     Central,
@@ -47,12 +49,10 @@ from harness.fleet import (
     leftovers,
     namespace_refusal,
     run_step,
-    wait,
 )
 
-from exporter.demo.alerting import find_program
 from exporter.demo.catalogue import find_fault
-from exporter.demo.stack import StackError, find_binary, make_root
+from exporter.demo.stack import make_root
 from exporter.mixin.fleet_dashboard import (
     EXPORTERS_DOWN_TITLE,
     FLEET_FILE,
@@ -85,17 +85,7 @@ class FleetRun:
 def _requirements() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, nginx workers as www-data)"
-    for program in ("prometheus", "promtool"):
-        if find_program(program) is None:
-            return f"{program} not installed (Debian package prometheus)"
-    if find_program("prometheus-alertmanager", "alertmanager") is None:
-        return "prometheus-alertmanager not installed"
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        return str(exc)
-    return None
+    return paging_refusal()
 
 
 # ---------------------------------------------------------------- what is checked while faults hold
@@ -256,7 +246,7 @@ def _variant(run: FleetRun, mode: Mode, hosts: list[Host], work: Path) -> None:
         window = HEALTHY_SECONDS if mode == "remote_write" or FULL else min(HEALTHY_SECONDS, 10.0)
         mark = central.webhook.count()
         deadline = time.monotonic() + window
-        wait(lambda: time.monotonic() >= deadline or central.webhook.count() > mark, window + 1, 0.5)
+        poll(lambda: time.monotonic() >= deadline or central.webhook.count() > mark, window + 1, 0.5)
         run.healthy[mode] = central.webhook.count() - mark
         run.healthy_checks[mode] = check_fleet_command(central, hosts, set(), {}) + check_dashboard(
             central, hosts, set()
@@ -296,7 +286,7 @@ def _exporter_down(central: Central, hosts: list[Host]) -> list[str]:
         down = json.loads(out)["exporters_down"]
         return [(d["host"].get("cluster"), d["host"].get("instance")) for d in down] == [victim.key]
 
-    if not wait(listed, 30.0, 0.5):
+    if not poll(listed, 30.0, 0.5):
         return [f"fleet did not list {victim.key} as down: {fleet_cli(central, '--format', 'json')}"]
     expr = next(e for t, e in dashboard_queries(central) if t == EXPORTERS_DOWN_TITLE)
     rows = central.prometheus.query(_substitute(expr))

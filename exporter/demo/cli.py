@@ -108,18 +108,8 @@ def _client(action: str, fault: str | None, target: Path | None) -> int:
             file=sys.stderr,
         )
         return 1
-    request = json.dumps({"action": action, "fault": fault}).encode() + b"\n"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(_CONTROL_TIMEOUT)
-            conn.connect(str(folder / CONTROL_SOCKET))
-            conn.sendall(request)
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+        reply = control_request(folder, action, fault)
     except OSError as exc:
         print(f"{PROG} {action}: cannot reach the demo in {folder}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -130,6 +120,21 @@ def _client(action: str, fault: str | None, target: Path | None) -> int:
         return 1
     print(answer.get("message", ""))
     return 0 if answer.get("ok") else 1
+
+
+def control_request(folder: Path, action: str, fault: str | None, timeout: float = _CONTROL_TIMEOUT) -> bytes:
+    """``break FAULT`` or ``heal`` sent to the demo running in ``folder``; its answer's line (JSON)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(folder / CONTROL_SOCKET))
+        conn.sendall(json.dumps({"action": action, "fault": fault}).encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
 
 
 class _Control:

@@ -15,6 +15,22 @@ runtime package may not import from the tests; they are re-exported here.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from exporter.demo.stack import free_port, wait_until
 
-__all__ = ["free_port", "wait_until"]
+
+def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    """True as soon as ``predicate`` holds, False after ``timeout`` seconds: :func:`wait_until` for a
+    wait whose end is an outcome (an alert that must not fire), not a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+__all__ = ["free_port", "poll", "wait_until"]

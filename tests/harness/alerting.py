@@ -15,8 +15,25 @@ from typing import Any
 import pytest
 
 from exporter.demo.alerting import Alertmanager, Prometheus, find_program, stopping
+from exporter.demo.stack import StackError, find_binary
 
 __all__ = ["Alertmanager", "Prometheus", "running_alertmanager", "running_prometheus"]
+
+
+def paging_refusal() -> str | None:
+    """None when the whole paging path can run here (Prometheus, promtool, Alertmanager, nginx and
+    PHP-FPM are installed), else what is missing."""
+    for program in ("prometheus", "promtool"):
+        if find_program(program) is None:
+            return f"{program} not installed (Debian package prometheus)"
+    if find_program("prometheus-alertmanager", "alertmanager") is None:
+        return "prometheus-alertmanager not installed"
+    try:
+        find_binary("BADGATEWAY_NGINX", ["nginx"])
+        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
+    except StackError as exc:
+        return str(exc)
+    return None
 
 
 @contextmanager

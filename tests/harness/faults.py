@@ -46,7 +46,7 @@ from exporter.demo.stack import (
     unmount,
 )
 from exporter.demo.webhook import Notification, WebhookReceiver
-from harness import wait_until
+from harness import poll, wait_until
 from harness.alerting import running_alertmanager, running_prometheus
 from harness.exporters import diagnose_json, diagnosed_causes
 from harness.process import ExporterProcess, exporter_process
@@ -411,19 +411,8 @@ def _firing(notes: list[Notification]) -> list[str]:
     return seen
 
 
-def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
-    """True as soon as ``predicate`` holds, False after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def wait_quiet(pipe: Pipeline, timeout: float = QUIET_TIMEOUT) -> bool:
-    return _poll(pipe.quiet, timeout, 0.5)
+    return poll(pipe.quiet, timeout, 0.5)
 
 
 def run_fault(pipe: Pipeline, fault: Fault) -> FaultResult:
@@ -452,7 +441,7 @@ def run_fault(pipe: Pipeline, fault: Fault) -> FaultResult:
                 for a in n.alerts("firing")
             )
 
-        if _poll(paged, NOTIFY_TIMEOUT):
+        if poll(paged, NOTIFY_TIMEOUT):
             first = next(
                 n
                 for n in pipe.webhook.since(mark)
@@ -460,7 +449,7 @@ def run_fault(pipe: Pipeline, fault: Fault) -> FaultResult:
             )
             result.notify_seconds = first.received - injected
             # Hold the fault until the symptom fires too, so the inhibition is really exercised.
-            result.symptom_fired = _poll(lambda: SYMPTOM in pipe.prometheus.firing(), HOLD_AFTER_NOTIFY, 0.5)
+            result.symptom_fired = poll(lambda: SYMPTOM in pipe.prometheus.firing(), HOLD_AFTER_NOTIFY, 0.5)
         else:
             result.problems.append(f"no {alert} notification within {NOTIFY_TIMEOUT:g}s")
         result.dashboard = pipe.causes_now()
@@ -483,14 +472,14 @@ def run_fault(pipe: Pipeline, fault: Fault) -> FaultResult:
                     return True
         return False
 
-    if result.notify_seconds is not None and not _poll(resolved, RESOLVE_TIMEOUT):
+    if result.notify_seconds is not None and not poll(resolved, RESOLVE_TIMEOUT):
         result.problems.append(f"no resolved {alert} notification within {RESOLVE_TIMEOUT:g}s of healing")
     if not wait_quiet(pipe):
         result.problems.append(
             f"not quiet {QUIET_TIMEOUT:g}s after healing: ALERTS {pipe.prometheus.query('ALERTS')}"
         )
     deadline = time.monotonic() + FLUSH_MARGIN
-    _poll(lambda: time.monotonic() >= deadline, FLUSH_MARGIN + 1, 0.25)  # late notifications land here
+    poll(lambda: time.monotonic() >= deadline, FLUSH_MARGIN + 1, 0.25)  # late notifications land here
     notes = pipe.webhook.since(mark)
     result.received = _firing(notes)
     others = [name for name in result.received if name != alert]
@@ -538,7 +527,7 @@ def healthy_window(pipe: Pipeline, seconds: float) -> list[Notification]:
     """Let the load run for ``seconds`` on the healthy stack; the notifications received meanwhile."""
     mark = pipe.webhook.count()
     deadline = time.monotonic() + seconds
-    _poll(lambda: time.monotonic() >= deadline or pipe.webhook.count() > mark, seconds + 1, 0.5)
+    poll(lambda: time.monotonic() >= deadline or pipe.webhook.count() > mark, seconds + 1, 0.5)
     return pipe.webhook.since(mark)
 
 

@@ -44,12 +44,13 @@ from exporter.demo.alerting import (
     find_program,
 )
 from exporter.demo.catalogue import find_fault
+from exporter.demo.cli import control_request
 from exporter.demo.stack import StackError, make_root, stop_process, tail, wait_until
 from exporter.demo.webhook import Notification, WebhookReceiver
 from exporter.mixin.cli import dashboards_main, rules_main
 from exporter.mixin.inhibitions import ALERTMANAGER_FILE
 from exporter.mixin.rules import RULES_FILE
-from harness import free_port
+from harness import free_port, poll
 
 PREFIX = "bgwfleet"
 EXPORTER_PORT = 9502
@@ -148,17 +149,7 @@ class Host:
 
     def control(self, action: str, fault: str | None = None) -> str:
         """``demo break FAULT`` / ``demo heal`` through the demo's control socket; its answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(_CONTROL_TIMEOUT)
-            conn.connect(str(self.root / "control.sock"))
-            conn.sendall(json.dumps({"action": action, "fault": fault}).encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        answer = json.loads(reply)
+        answer = json.loads(control_request(self.root, action, fault, _CONTROL_TIMEOUT))
         if not answer.get("ok"):
             raise StackError(f"{self.name}: demo {action} {fault or ''}: {answer.get('message')}")
         return str(answer.get("message", ""))
@@ -404,17 +395,6 @@ def leftovers(roots: Sequence[Path]) -> list[str]:
     return problems
 
 
-def wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
-    """True as soon as ``predicate`` holds, False after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 # ---------------------------------------------------------------- one step: faults on some hosts at once
 
 SYMPTOM = "NginxGatewayErrors"
@@ -462,7 +442,7 @@ def run_step(
     result = StepResult(
         central.mode, name, {(f.alert, h.cluster, h.name): f.cause.value for h, f in catalogue.items()}
     )
-    if not wait(central.quiet, QUIET_TIMEOUT, 0.5):
+    if not poll(central.quiet, QUIET_TIMEOUT, 0.5):
         result.problems.append(f"not quiet before the step: ALERTS {central.prometheus.query('ALERTS')}")
     mark = central.webhook.count()
     injected = result.injected_at
@@ -474,7 +454,7 @@ def run_step(
             f"-- {central.mode} {name}: injected {', '.join(f'{f.name} on {h.cluster}/{h.name}' for h, f in catalogue.items())}"
         )
         _await_pages(central, result, injected, mark)
-        result.symptom_fired = wait(lambda: SYMPTOM in central.prometheus.firing(), HOLD, 0.5)
+        result.symptom_fired = poll(lambda: SYMPTOM in central.prometheus.firing(), HOLD, 0.5)
         if on_active is not None:
             on_active(result)
     except (StackError, OSError, RuntimeError, TimeoutError, ValueError) as exc:
@@ -487,12 +467,12 @@ def run_step(
             except (StackError, OSError, ValueError) as exc:
                 result.problems.append(f"healing {h.name} failed: {exc}")
     _await_resolved(central, result, mark, healed)
-    if not wait(central.quiet, QUIET_TIMEOUT, 0.5):
+    if not poll(central.quiet, QUIET_TIMEOUT, 0.5):
         result.problems.append(
             f"not quiet {QUIET_TIMEOUT:g}s after healing: ALERTS {central.prometheus.query('ALERTS')}"
         )
     flush = time.monotonic() + FLUSH_MARGIN
-    wait(lambda: time.monotonic() >= flush, FLUSH_MARGIN + 1)
+    poll(lambda: time.monotonic() >= flush, FLUSH_MARGIN + 1)
     _judge(central, result, catalogue, mark)
     central.log(
         f"   pages {sorted(result.page_seconds.items())}; visible {sorted(result.visible_seconds.items())};"
@@ -514,7 +494,7 @@ def _await_pages(central: Central, result: StepResult, injected: dict[AlertKey, 
                 result.page_seconds.setdefault(key, note.received - injected[key])
         return set(result.page_seconds) == set(injected)
 
-    if not wait(done, PAGE_TIMEOUT, 0.2):
+    if not poll(done, PAGE_TIMEOUT, 0.2):
         missing = sorted(set(injected) - set(result.page_seconds))
         result.problems.append(f"no page within {PAGE_TIMEOUT:g}s for {missing}")
 
@@ -528,7 +508,7 @@ def _await_resolved(central: Central, result: StepResult, mark: int, healed: flo
                     result.resolve_seconds.setdefault(key, note.received - healed)
         return set(result.resolve_seconds) == set(result.page_seconds)
 
-    if result.page_seconds and not wait(done, RESOLVE_TIMEOUT, 0.25):
+    if result.page_seconds and not poll(done, RESOLVE_TIMEOUT, 0.25):
         result.problems.append(f"no resolved notification within {RESOLVE_TIMEOUT:g}s of healing")
 
 
