@@ -6,11 +6,15 @@
 - :mod:`harness.systemd`: a real system-mode systemd with a real D-Bus, in namespaces.
 - :mod:`harness.faults`: the fault matrix's pipeline and the run of one fault.
 - :mod:`harness.logs_stack`: a minimal real nginx + PHP-FPM making real error-log lines.
+- :mod:`harness.pools`: one php-fpm master with many pools behind nginx (``running_farm``).
+- :mod:`harness.tree`: folders, files and servers of a stack built under a temporary root.
+- :mod:`harness.peers`: loopback peers that are not what a probe expects.
 
 Every test finds a port and waits for a condition with the one :func:`free_port` and the one
 :func:`wait_until` (deadline and polling, a :class:`~exporter.demo.stack.StackError` naming what was
 awaited on timeout). They live in :mod:`exporter.demo.stack`, because the demo needs them too and the
-runtime package may not import from the tests; they are re-exported here.
+runtime package may not import from the tests; they are re-exported here. :func:`poll` is the
+wait whose timeout is an outcome, not a failure.
 """
 
 from __future__ import annotations
