@@ -20,22 +20,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
-from prometheus_client.metrics_core import Metric
-
 from exporter import __version__
 from exporter.config import Config, ConfigError, printable
+from exporter.deadline import MAX_SCRAPE_TIMEOUT_SECONDS
 from exporter.diagnosis import Diagnosis, diagnose
 from exporter.discovery.merge import keep_previous_targets
 from exporter.exposition import choose_encoder
+from exporter.families import Metric
 from exporter.logs.tailer import LogWatcher
-from exporter.metrics import round_metric_families, scrape_registry
+from exporter.metrics import ScrapeFamilies, round_metric_families
 from exporter.rounds import Prober, RoundResults
 from exporter.server import Limits, MetricsServer, make_server
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
-MAX_SCRAPE_TIMEOUT_SECONDS = 120.0
 MIN_SCRAPE_TIMEOUT_SECONDS = 0.5
 """A scrape's ``X-Prometheus-Scrape-Timeout-Seconds`` is clamped to this floor and that maximum."""
 BAD_HEADER_LOG_SECONDS = 60.0
@@ -169,7 +168,7 @@ class Exporter:
 
         ``gzipped``: compressed as well, in the same call (one hand-off to a worker thread, not two).
         """
-        registry = scrape_registry(
+        registry = ScrapeFamilies(
             lambda: printable_labels(round_metric_families(checked.results, checked.diagnosis, self.config))
         )
         encoder, content_type = choose_encoder(accept or "")

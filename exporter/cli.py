@@ -10,14 +10,18 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from exporter import __version__
-from exporter.app import MAX_SCRAPE_TIMEOUT_SECONDS, Checked, check_once, serving, stop_on_signals
 from exporter.config import Config, ConfigError
-from exporter.deadline import Deadline
+from exporter.deadline import MAX_SCRAPE_TIMEOUT_SECONDS, Deadline
 from exporter.diagnosis import EXIT_CAUSE_NOW, EXIT_LATENT_ONLY, Diagnosis
 from exporter.discovery.merge import load_config
 from exporter.webconfig import WebConfig, load_web_config
+from exporter.without_ssl import import_asyncio_without_ssl
+
+if TYPE_CHECKING:
+    from exporter.app import Checked
 
 PROG = "badgateway-exporter"
 log = logging.getLogger(PROG)
@@ -259,6 +263,10 @@ def serve(
     config: Config, web_config: WebConfig | None = None, reload: Callable[[], Config] | None = None
 ) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT."""
+    if web_config is None or web_config.ssl_context is None:
+        import_asyncio_without_ssl()
+    from exporter.app import serving, stop_on_signals  # after asyncio: see exporter.without_ssl
+
     try:
         with serving(config, web_config, reload) as running:
             stop = stop_on_signals()
@@ -304,6 +312,8 @@ def run_diagnose(
 def _check(
     config: Config, timeout: float | None, wait: float | None, reload: Callable[[], Config] | None
 ) -> tuple[Checked, Config]:
+    from exporter.app import check_once
+
     if wait is None:
         return check_once(config, timeout), config
     return wait_for_fix(config, timeout, wait, reload)
@@ -362,6 +372,8 @@ def wait_for_fix(
     each round after the first, so a fix in nginx's or PHP-FPM's files is seen. One line per round
     goes to stderr.
     """
+    from exporter.app import check_once
+
     started = time.monotonic()
     deadline = Deadline.after(wait)
     round_number = 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+MAX_SCRAPE_TIMEOUT_SECONDS = 120.0
+"""The longest round deadline a scrape or ``diagnose --timeout`` may ask for."""
+
 
 @dataclass(frozen=True)
 class Deadline:

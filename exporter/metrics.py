@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from exporter import __version__
 from exporter.causes import FACT_LABELS, UNEXPLAINED, Cause, Finding
 from exporter.checks import (
@@ -23,7 +19,9 @@ from exporter.checks import (
 )
 from exporter.config import Config
 from exporter.diagnosis import Diagnosis
+from exporter.families import GaugeMetricFamily, Metric
 from exporter.logs import metrics as log_metrics
+from exporter.process_metrics import own_families
 from exporter.rounds import RoundResults
 
 DISCOVERY_SOURCES = ("nginx", "php_fpm")
@@ -148,19 +146,14 @@ def exporter_families(results: RoundResults) -> Iterator[Metric]:
     yield build
 
 
-class _FamiliesCollector(Collector):
-    def __init__(self, produce: Callable[[], Iterable[Metric]]) -> None:
-        self._produce = produce
+class ScrapeFamilies:
+    """The families of one scrape, in a collector's shape (``collect()``): the given sources, then the
+    exporter's own process, platform and GC families."""
 
-    def collect(self) -> Iterable[Metric]:
-        return self._produce()
+    def __init__(self, *sources: Callable[[], Iterable[Metric]]) -> None:
+        self._sources = sources
 
-
-def scrape_registry(*sources: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
-    """A registry for one scrape: the given families plus the exporter's own process metrics."""
-    registry = CollectorRegistry(auto_describe=False)
-    for source in sources:
-        registry.register(_FamiliesCollector(source))
-    for own in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(own)
-    return registry
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source()
+        yield from own_families()

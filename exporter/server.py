@@ -35,10 +35,9 @@ import gzip
 import logging
 import os
 import socket
-import ssl
+import sys
 import threading
 import time
-from asyncio import sslproto
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -343,6 +342,8 @@ class MetricsServer:
         self._auth_slots = asyncio.Semaphore(self.limits.auth_workers)
         self._freed = asyncio.Event()
         if self.ssl_context is not None:
+            from asyncio import sslproto
+
             # asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (so resident):
             # 200 idle connections would cost 50 MB. A TLS record is at most 16 KiB.
             sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
@@ -466,7 +467,7 @@ class MetricsServer:
                     return
                 if not keep:
                     return
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError, _Gone, OSError):
+        except (asyncio.IncompleteReadError, _Gone, OSError):  # OSError: resets, timeouts, TLS errors
             return
         finally:
             self._connections.discard(connection)
@@ -666,7 +667,7 @@ class MetricsServer:
         try:
             async with asyncio.timeout(self.limits.write_timeout):
                 await writer.drain()
-        except (TimeoutError, ConnectionError, ssl.SSLError):
+        except OSError:  # the client's end: timeout, reset, TLS error
             return False
         return True
 
@@ -685,10 +686,15 @@ def _wants_gzip(request: _Request) -> bool:
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """Failed handshakes and resets are the client's business: debug, not error, logs."""
     exc = context.get("exception")
-    if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError) or _is_tls_error(exc):
         log.debug("connection error: %s", context.get("message"), exc_info=exc)
         return
     loop.default_exception_handler(context)
+
+
+def _is_tls_error(exc: object) -> bool:
+    ssl = sys.modules.get("ssl")  # not imported: there is no TLS, nor TLS errors
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def make_server(

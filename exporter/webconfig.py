@@ -31,25 +31,22 @@ The file is read once at start; certificate and key files are re-read when they 
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
-import ssl
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from exporter.config import ConfigError, load_yaml_file
 
-TLS_VERSIONS: Final = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
+if TYPE_CHECKING:
+    import ssl  # imported only when the file has TLS: OpenSSL costs 4 MiB of memory (docs/performance.md)
+
+TLS_VERSIONS: Final = {"TLS10": "TLSv1", "TLS11": "TLSv1_1", "TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}
+"""exporter-toolkit's version names, lowest first, and ``ssl.TLSVersion``'s."""
 CLIENT_AUTH_TYPES: Final = (
     "NoClientCert",
     "RequestClientCert",
@@ -361,7 +358,8 @@ def _tls_versions(tls: dict[str, object], source: str) -> tuple[str, str]:
                 source, f"{_TLS_KEY}.{name}", f"expected one of {', '.join(TLS_VERSIONS)}, got {version!r}"
             )
         versions[name] = str(version)
-    if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
+    order = list(TLS_VERSIONS)
+    if order.index(versions["min_version"]) > order.index(versions["max_version"]):
         raise _err(source, f"{_TLS_KEY}.min_version", "is above max_version")
     return versions["min_version"], versions["max_version"]
 
@@ -386,11 +384,13 @@ def _prefer_server_cipher_suites(tls: dict[str, object], source: str) -> bool:
 
 def build_ssl_context(tls: TLSSettings, source: str) -> ssl.SSLContext:
     """The server-side context for ``tls``; every file problem names its key."""
+    import ssl
+
     key = "tls_server_config"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.minimum_version = TLS_VERSIONS[tls.min_version]
-        context.maximum_version = TLS_VERSIONS[tls.max_version]
+        context.minimum_version = ssl.TLSVersion[TLS_VERSIONS[tls.min_version]]
+        context.maximum_version = ssl.TLSVersion[TLS_VERSIONS[tls.max_version]]
     except (ValueError, ssl.SSLError) as exc:
         raise _err(source, f"{key}.min_version", f"not available with this OpenSSL: {exc}") from None
     _load_chain(context, tls, source)
@@ -421,6 +421,8 @@ def build_ssl_context(tls: TLSSettings, source: str) -> ssl.SSLContext:
 
 
 def _load_chain(context: ssl.SSLContext, tls: TLSSettings, source: str) -> None:
+    import ssl
+
     key = "tls_server_config"
     try:
         context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
@@ -613,6 +615,8 @@ class BasicAuth:
         return ok
 
     def _key(self, user: str, password: str) -> bytes:
+        import hashlib  # only with basic auth: OpenSSL's libcrypto comes with it
+
         hashed = self.users.get(user, b"")
         return hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed])).digest()
 

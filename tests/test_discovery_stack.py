@@ -19,7 +19,6 @@ import pytest
 import yaml
 from harness import free_port, wait_until
 from harness.exporters import cli, running_exporter
-from prometheus_client.core import Metric
 from test_discovery_tree import Tree
 
 from exporter import app
@@ -28,6 +27,7 @@ from exporter.checks.processes import listening_addresses
 from exporter.config import Config
 from exporter.demo.stack import ROOT_ENV, StackError, find_binary, http_status, make_root
 from exporter.discovery.merge import load_config
+from exporter.families import Metric
 from exporter.metrics import discovery_families as metric_families
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx/php-fpm workers run as www-data")

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 from harness.pools import PoolFarm, running_farm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import exposition as text_format
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-    UnknownMetricFamily,
-)
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.app import Exporter, printable_labels
 from exporter.config import config_from_dict
 from exporter.exposition import choose_encoder, generate_openmetrics, generate_text
-from exporter.metrics import round_metric_families, scrape_registry
+from exporter.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from exporter.metrics import ScrapeFamilies, round_metric_families
 
-_library_openmetrics: Callable[[Frozen], bytes] = openmetrics.generate_latest  # untyped in prometheus_client
+# Our families have prometheus_client's shape: its encoders take them as they are (untyped there).
+_library_text: Callable[[Any], bytes] = text_format.generate_latest
+_library_openmetrics: Callable[[Any], bytes] = openmetrics.generate_latest
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -46,8 +44,21 @@ class Frozen:
 
 
 def assert_same_bytes(registry: Frozen) -> None:
-    assert generate_text(registry) == text_format.generate_latest(registry)
+    assert generate_text(registry) == _library_text(registry)
     assert generate_openmetrics(registry) == _library_openmetrics(registry)
+    for escaping in (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8):  # the same bytes for legacy names
+        assert generate_text(registry) == _library_text_escaped(registry, escaping)
+        assert generate_openmetrics(registry) == _library_openmetrics_escaped(registry, escaping)
+
+
+def _library_text_escaped(registry: Frozen, escaping: str) -> bytes:
+    encode: Callable[..., bytes] = text_format.generate_latest
+    return encode(registry, escaping=escaping)
+
+
+def _library_openmetrics_escaped(registry: Frozen, escaping: str) -> bytes:
+    encode: Callable[..., bytes] = openmetrics.generate_latest
+    return encode(registry, escaping=escaping, version="1.0.0")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,7 @@ def test_a_real_100_pool_round_encodes_to_the_librarys_bytes(farm: PoolFarm) -> 
         families = printable_labels(
             round_metric_families(checked.results, checked.diagnosis, exporter.config)
         )
-        frozen = Frozen(scrape_registry(lambda: families).collect())
+        frozen = Frozen(ScrapeFamilies(lambda: families).collect())
     finally:
         exporter.close()
     ups = [s for f in frozen.families if f.name == "badgateway_fastcgi_up" for s in f.samples]
@@ -78,16 +89,79 @@ def test_a_real_100_pool_round_encodes_to_the_librarys_bytes(farm: PoolFarm) -> 
     assert_same_bytes(frozen)
 
 
-def test_the_encoder_follows_the_accept_header() -> None:
-    encoder, content_type = choose_encoder(PROMETHEUS_ACCEPT)
-    assert encoder is generate_openmetrics
-    assert content_type == text_format.choose_encoder(PROMETHEUS_ACCEPT)[1]
-    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+ACCEPT_HEADERS = [
+    "",
+    "*/*",
+    "text/plain",
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0",
+    "text/plain;version=1.0",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=bogus",
+    "text/plain;version=1.0.0;escaping=dots",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=0.0.1",
+    "application/openmetrics-text;version=1.0.0",
+    "application/openmetrics-text; version=1.0.0; escaping=underscores",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=2.0.0",
+    PROMETHEUS_ACCEPT,
+    # Prometheus 3:
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;"
+    "version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,"
+    "*/*;q=0.1",
+]
+OURS = (generate_text, generate_openmetrics)
+
+
+@pytest.mark.parametrize("accept", ACCEPT_HEADERS)
+def test_the_content_type_is_the_librarys_choice(accept: str) -> None:
+    encoder, content_type = choose_encoder(accept)
+    library_encoder, library_type = text_format.choose_encoder(accept)
+    assert content_type == library_type
+    if encoder in OURS:  # ours only where the library writes the same format in an escaping of the same bytes
+        library_format = getattr(library_encoder, "func", library_encoder)
+        assert (library_format is openmetrics.generate_latest) == (encoder is generate_openmetrics)
+    else:
+        assert isinstance(encoder, partial) and isinstance(library_encoder, partial)
+        assert (encoder.func, encoder.keywords) == (library_encoder.func, library_encoder.keywords)
+
+
+def test_prometheus_gets_ours_and_an_exotic_escaping_the_librarys() -> None:
+    assert choose_encoder(PROMETHEUS_ACCEPT)[0] is generate_openmetrics
     assert choose_encoder("*/*") == (generate_text, text_format.CONTENT_TYPE_PLAIN_0_0_4)
-    assert choose_encoder("") == (generate_text, text_format.CONTENT_TYPE_PLAIN_0_0_4)
-    # Another escaping than the default: prometheus_client's own encoder.
-    library, _ = choose_encoder("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8")
+    assert choose_encoder(ACCEPT_HEADERS[-1])[0] is generate_openmetrics  # Prometheus 3: allow-utf-8
+    library, _ = choose_encoder("application/openmetrics-text;version=1.0.0;escaping=dots")
     assert isinstance(library, partial) and library.func is openmetrics.generate_latest
+    family = GaugeMetricFamily("badgateway_up_total_x", "x", labels=["a"])
+    family.add_metric(["v"], 1.0)
+    assert b"badgateway__up__total__x" in library(Frozen([family]))  # dots: "_" doubled
+
+
+def test_a_version_that_is_not_numbers_is_passed_over() -> None:
+    """prometheus_client's comparison raises on ``version=1.x``; here the next entry decides."""
+    assert choose_encoder("application/openmetrics-text;version=1.x,text/plain") == (
+        generate_text,
+        text_format.CONTENT_TYPE_PLAIN_0_0_4,
+    )
+
+
+def test_the_exporter_imports_no_prometheus_client_until_asked() -> None:
+    """The families, encoders and process metrics of a scrape are ours: no prometheus_client (nor its ssl)."""
+    probe = (
+        "import sys\n"
+        "from exporter.exposition import choose_encoder\n"
+        "from exporter.metrics import ScrapeFamilies\n"
+        "encoder, _ = choose_encoder('application/openmetrics-text;version=1.0.0')\n"
+        "assert b'process_cpu_seconds_total' in encoder(ScrapeFamilies())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', 'ssl')))\n"
+        "choose_encoder('text/plain;version=1.0.0;escaping=dots')\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]
 
 
 LABEL_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
@@ -100,8 +174,8 @@ VALUES = st.one_of(
 
 @st.composite
 def families(draw: st.DrawFn) -> Metric:
-    kind = draw(st.sampled_from(["gauge", "counter", "unknown", "info", "histogram"]))
-    name = draw(st.sampled_from(["badgateway_x", "badgateway_y:z", "python_gc", "n"]))
+    kind = draw(st.sampled_from(["gauge", "counter"]))
+    name = draw(st.sampled_from(["badgateway_x", "badgateway_y_z9", "python_gc", "n", "badgateway_x_total"]))
     doc = draw(LABEL_TEXT)
     labels = draw(st.lists(LABEL_NAMES, unique=True, max_size=3))
     rows = draw(
@@ -109,29 +183,13 @@ def families(draw: st.DrawFn) -> Metric:
             st.tuples(st.lists(LABEL_TEXT, min_size=len(labels), max_size=len(labels)), VALUES), max_size=4
         )
     )
-    if kind == "info":
-        info = InfoMetricFamily(name, doc, labels=labels)
-        for values, _ in rows:
-            info.add_metric(values, {"version": "1"})
-        return info
-    if kind == "histogram":
-        histogram = HistogramMetricFamily(name, doc, labels=labels)
-        for values, value in rows:
-            histogram.add_metric(values, [("1.0", 1.0), ("+Inf", 2.0)], 3.0 if math.isnan(value) else value)
-        return histogram
-    family: Metric
+    family: CounterMetricFamily | GaugeMetricFamily
     if kind == "counter":
         family = CounterMetricFamily(name, doc, labels=labels)
-    elif kind == "gauge":
-        family = GaugeMetricFamily(name, doc, labels=labels)
     else:
-        family = UnknownMetricFamily(name, doc, labels=labels)
-    created = draw(st.sampled_from([None, 12.5]))
+        family = GaugeMetricFamily(name, doc, labels=labels)
     for values, value in rows:
-        if isinstance(family, CounterMetricFamily):
-            family.add_metric(values, 0.0 if math.isnan(value) or value < 0 else value, created=created)
-        else:
-            family.add_metric(values, value)
+        family.add_metric(values, 0.0 if kind == "counter" and (math.isnan(value) or value < 0) else value)
     return family
 
 
@@ -139,3 +197,24 @@ def families(draw: st.DrawFn) -> Metric:
 @given(st.lists(families(), max_size=4))
 def test_any_families_encode_to_the_librarys_bytes(made: list[Metric]) -> None:
     assert_same_bytes(Frozen(made))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GaugeMetricFamily("badgateway:x", "colons are for recording rules"),
+        lambda: GaugeMetricFamily("9x", "a digit first"),
+        lambda: GaugeMetricFamily("badgateway_x", "a bad label", labels=["a-b"]),
+        lambda: GaugeMetricFamily("badgateway_x", "a reserved label", labels=["__name"]),
+        lambda: GaugeMetricFamily("badgateway_x", "value and labels", value=1.0, labels=["a"]),
+    ],
+)
+def test_a_family_the_encoders_could_not_write_as_it_is_is_refused(make: Callable[[], Metric]) -> None:
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_a_sample_with_the_wrong_number_of_label_values_is_refused() -> None:
+    family = GaugeMetricFamily("badgateway_x", "x", labels=["a", "b"])
+    with pytest.raises(ValueError):
+        family.add_metric(["only one"], 1.0)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from harness import wait_until
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 
 from exporter.causes import Cause
 from exporter.config import LogSettings
+from exporter.exposition import generate_text
+from exporter.families import Metric
 from exporter.logs import classify
 from exporter.logs.metrics import metric_families
 from exporter.logs.tailer import LogCounters, LogSnapshot, LogWatcher
@@ -235,9 +235,10 @@ PERMISSION_SCRIPT = r"""
 import json, os, sys, time
 from exporter.causes import Cause
 from exporter.config import LogSettings
+from exporter.exposition import generate_text
 from exporter.logs.tailer import LogWatcher
 from exporter.logs.metrics import metric_families
-from prometheus_client import generate_latest, CollectorRegistry
+from exporter.exposition import generate_text
 folder = sys.argv[1]
 watcher = LogWatcher(LogSettings(nginx=[folder + "/*error.log"], php_fpm=[], start="beginning",
                                  poll_interval_seconds=0.05))
@@ -254,10 +255,8 @@ watcher.stop()
 class C:
     def collect(self):
         return metric_families(snap)
-registry = CollectorRegistry()
-registry.register(C())
 print(json.dumps({k: [v.lines, v.read_errors] for k, v in snap.logs.items()}))
-print(generate_latest(registry).decode())
+print(generate_text(C()).decode())
 """
 
 
@@ -327,9 +326,7 @@ def test_metric_families_exact_output() -> None:
         def collect(self) -> list[Metric]:
             return list(metric_families(snap))
 
-    registry = CollectorRegistry()
-    registry.register(Collector())
-    text = generate_latest(registry).decode()
+    text = generate_text(Collector()).decode()
     samples = [s for s in text.splitlines() if not s.startswith("#")]
     assert samples == [
         'badgateway_nginx_upstream_errors_total{kind="socket_missing",log="/var/log/nginx/error.log",'

@@ -29,14 +29,14 @@ from harness.systemd import (
     remove_stale,
     require_systemd,
 )
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 
 from exporter.checks import units as units_module
 from exporter.checks.units import UnitsCheck, UnitsResult, UnitStatus, metric_families
 from exporter.deadline import Deadline
 from exporter.discovery import units as unit_files
 from exporter.discovery.units import default_php_fpm_unit
+from exporter.exposition import generate_text
+from exporter.families import Metric
 
 ALL = (PHP_FPM, NGINX, BACKEND, BROKEN, FLAKY, MISSING)
 
@@ -51,9 +51,7 @@ class _Collector:
 
 
 def exposition(result: UnitsResult) -> str:
-    registry = CollectorRegistry()
-    registry.register(_Collector(result))
-    return generate_latest(registry).decode()
+    return generate_text(_Collector(result)).decode()
 
 
 def samples(result: UnitsResult) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.checks.proctable import ProcTable, read_proc_file
 from exporter.config import DatabaseSettings
 from exporter.deadline import Deadline
 from exporter.discovery.units import DEFAULT_UNIT_DIRS
+from exporter.families import GaugeMetricFamily, Metric
 
 State = Literal["accepting", "rejecting", "no_response", "no_attempt"]
 STATES: Final[tuple[State, ...]] = ("accepting", "rejecting", "no_response", "no_attempt")

@@ -23,11 +23,11 @@ from enum import StrEnum
 from typing import Literal
 
 from flup.client import fcgi_app as flup_fcgi
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.checks.nonblocking import Single, drive
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
+from exporter.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 

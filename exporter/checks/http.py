@@ -8,19 +8,21 @@ import logging
 import os
 import selectors
 import socket
-import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import h11
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.checks.nonblocking import Single, drive
 from exporter.config import HttpTarget
 from exporter.deadline import Deadline
+from exporter.families import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    import ssl  # imported by the first https probe: OpenSSL costs 4 MiB of memory (docs/performance.md)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def _literal_address(host: str, port: int) -> tuple[socket.AddressFamily, str | 
 def _tls_context(verify: bool) -> ssl.SSLContext:
     """The system's trust store (what curl uses on Debian), or no verification at all (and then no
     certificates loaded: a loopback https front needs none)."""
+    import ssl
+
     if verify:
         context = ssl.create_default_context()
     else:
@@ -116,12 +120,22 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
+def _tls_would_block(tls: bool) -> tuple[tuple[type[OSError], ...], tuple[type[OSError], ...]]:
+    """What a non-blocking TLS socket raises for "wait until readable" and "until writable" (a plain
+    socket raises BlockingIOError for both); nothing to catch, and no ssl imported, without TLS."""
+    if not tls:
+        return (), ()
+    import ssl
+
+    return (ssl.SSLWantReadError,), (ssl.SSLWantWriteError,)
+
+
 class _HttpExchange:
     """One GET on its own non-blocking connection: connect, TLS, send, read the head and the first
     bytes of the body. Driven by :class:`~exporter.checks.nonblocking.Loop`."""
 
-    __slots__ = ("_conn", "_events", "_head", "_request", "_sent", "deadline", "detail", "error", "finished",
-                 "phase", "sock", "started", "status", "target")  # fmt: skip
+    __slots__ = ("_conn", "_events", "_head", "_request", "_sent", "_want_read", "_want_write", "deadline",
+                 "detail", "error", "finished", "phase", "sock", "started", "status", "target")  # fmt: skip
 
     def __init__(self, target: HttpTarget, request: _Request, deadline: Deadline) -> None:
         self.target = target
@@ -133,6 +147,7 @@ class _HttpExchange:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEADERS_LIMIT)
         self._head = (self._conn.send(request.request) or b"") + (self._conn.send(h11.EndOfMessage()) or b"")
         self._sent = 0
+        self._want_read, self._want_write = _tls_would_block(request.tls is not None)
         self.status: int | None = None
         self.error: str | None = None
         self.detail: str | None = None
@@ -251,14 +266,23 @@ class _HttpExchange:
                 self._receive()
         except _TlsPending as pending:
             self._events = pending.events
-        except ssl.SSLError as exc:
-            self._finish("connect_error", f"TLS: {exc.reason or exc}")
         except h11.RemoteProtocolError as exc:
             self._finish("protocol_error", str(exc) or "not an HTTP answer")
         except OSError as exc:
-            self._finish("protocol_error" if self.phase == "read" else "connect_error", str(exc))
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self._request.tls is not None:
+            import ssl  # loaded already: this probe made a TLS context
+
+            if isinstance(exc, ssl.SSLError):
+                self._finish("connect_error", f"TLS: {exc.reason or exc}")
+                return
+        self._finish("protocol_error" if self.phase == "read" else "connect_error", str(exc))
 
     def _handshake(self) -> None:
+        import ssl
+
         assert isinstance(self.sock, ssl.SSLSocket)
         try:
             self.sock.do_handshake()
@@ -273,9 +297,11 @@ class _HttpExchange:
         head = self._head
         try:
             self._sent += self.sock.send(head[self._sent :])
-        except (BlockingIOError, ssl.SSLWantWriteError):
+        except BlockingIOError:
             raise _TlsPending(selectors.EVENT_WRITE) from None
-        except ssl.SSLWantReadError:
+        except self._want_write:
+            raise _TlsPending(selectors.EVENT_WRITE) from None
+        except self._want_read:
             raise _TlsPending(selectors.EVENT_READ) from None
         if self._sent < len(head):
             raise _TlsPending(selectors.EVENT_WRITE)
@@ -286,9 +312,11 @@ class _HttpExchange:
         while True:
             try:
                 data = self.sock.recv(_RECV_BYTES)
-            except (BlockingIOError, ssl.SSLWantReadError):
+            except BlockingIOError:
                 raise _TlsPending(selectors.EVENT_READ) from None
-            except ssl.SSLWantWriteError:
+            except self._want_read:
+                raise _TlsPending(selectors.EVENT_READ) from None
+            except self._want_write:
                 raise _TlsPending(selectors.EVENT_WRITE) from None
             if not data:  # closed: an answer is what came of it
                 if self.status is None:

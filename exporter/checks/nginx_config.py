@@ -9,12 +9,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.config import NginxSettings
 from exporter.deadline import Deadline
 from exporter.discovery.nginx import TEST_WHERE as _WHERE
 from exporter.discovery.nginx import parse_test_output
+from exporter.families import GaugeMetricFamily, Metric
 
 # parse_test_output lives with discovery (which runs nginx -t too) and is exported from here as well.
 __all__ = ["TEST_ERRORS", "NginxConfigCheck", "NginxConfigResult", "metric_families", "parse_test_output"]

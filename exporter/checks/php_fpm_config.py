@@ -18,13 +18,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import Metric
-
 from exporter.checks.nginx_config import config_test_families
 from exporter.config import Config, PhpFpmTestSettings
 from exporter.deadline import Deadline
 from exporter.discovery.model import PoolFacts
 from exporter.discovery.units import default_php_fpm_unit
+from exporter.families import Metric
 
 TEST_ERRORS = ("binary_missing", "permission_denied", "timeout", "failed_to_run", "no_config")
 _SEARCH = ("/usr/sbin", "/usr/local/sbin", "/sbin")

@@ -10,11 +10,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.checks.proctable import ProcEntry, ProcTable, read_proc_file
 from exporter.config import PidFiles, ProcessPatterns
 from exporter.deadline import Deadline
+from exporter.families import GaugeMetricFamily, Metric
 
 SERVICES = ("nginx", "php_fpm", "backend")
 _MATCH_CACHE_LIMIT = 4096

@@ -8,9 +8,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter.deadline import Deadline
+from exporter.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.deadline import Deadline
+from exporter.families import GaugeMetricFamily, Metric
 
 _IDENTITY_TTL_SECONDS = 60.0
 

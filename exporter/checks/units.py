@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter.checks.journal import JournalReader, UnitJournal
 from exporter.deadline import Deadline
+from exporter.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 DEFAULT_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
 
