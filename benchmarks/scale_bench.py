@@ -320,13 +320,20 @@ def report(sizes: list[Size], hung: Hung, args: argparse.Namespace) -> None:
           f"{hung.up_summary} ({'OK' if hung.up_ok else 'MISSED'})")  # fmt: skip
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pools", default="1,10,100", help="comma-separated pool counts (default 1,10,100)")
     parser.add_argument("--scrapes", type=int, default=300, help="measured rounds (one scrape of each size)")
-    parser.add_argument("--hung", type=int, default=10, help="pools of the largest size to SIGSTOP")
+    parser.add_argument("--hung", type=_positive, default=10, help="pools of the largest size to SIGSTOP (1 or more)")
     parser.add_argument("--hung-scrapes", type=int, default=20, help="scrapes with those pools SIGSTOPped")
     parser.add_argument("--accept", choices=sorted(ACCEPTS), default="prometheus",
                         help="Accept header: prometheus (OpenMetrics first, as Prometheus asks) or text")  # fmt: skip

@@ -5,10 +5,12 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from exporter.causes import Finding, Verdict
 from exporter.causes.commands import Host, Manager, Service, unit_name
 from exporter.checks.php_fpm_config import php_fpm_binary, tested_configs
+from exporter.checks.sockets import SocketResult
 from exporter.config import Config
 from exporter.discovery.units import default_php_fpm_unit
 from exporter.rounds import CollectorOutcome, RoundResults
@@ -52,6 +54,12 @@ class StepContext:
             running[service] = None if procs is None else (found is not None and found.count > 0)
         failed = {o.collector: o for o in results.collectors if not o.success}
         return cls(results, config, failed, units, answering, running, host_of(results, config, units))
+
+    @cached_property
+    def sockets_by_path(self) -> dict[str, SocketResult]:
+        """The socket results by path (each FastCGI step looks its socket up: a scan each was
+        quadratic in the pools)."""
+        return {s.path: s for s in self.results.sockets}
 
     def not_checked(self, step: str, title: str) -> Finding:
         """A step whose collector did not deliver this round."""

@@ -177,7 +177,7 @@ def _fastcgi_finding(ctx: StepContext, probe: FastCGIResult) -> Finding:
     evidence = (f"{probe.failure}: {probe.detail}",)
     reason = probe.failure
     if reason in (FailureReason.SOCKET_MISSING, FailureReason.CONNECTION_REFUSED):
-        if any(s.path == path for s in ctx.results.sockets):
+        if path in ctx.sockets_by_path:
             # The socket finding names php_fpm_down or socket_path_mismatch from the same evidence.
             return Finding(step, title, Verdict.FAIL, evidence)
         return Finding(
@@ -212,8 +212,8 @@ def _answered(ctx: StepContext, probe: FastCGIResult) -> Finding:
     unit = ctx.units["php_fpm"]
     path = probe.socket.removeprefix("unix:")
     evidence = [_ANSWERED[probe.probe].format(ms=f"{probe.duration_seconds * 1000:.1f}")]
-    locked_out = next((s for s in ctx.results.sockets if s.path == path and s.accessible is False), None)
-    if locked_out is not None:
+    locked_out = ctx.sockets_by_path.get(path)
+    if locked_out is not None and locked_out.accessible is False:
         # The exporter (root) got an answer; nginx's workers would not: never an "ok" here.
         return Finding(
             step, f"PHP-FPM answers the exporter on {probe.socket}, but not nginx's user {locked_out.user}",

@@ -49,7 +49,7 @@ def pools(ctx: StepContext, earlier: Sequence[Finding]) -> list[Finding]:
     discovered = ctx.config.discovered
     if discovered is None:
         return []
-    sockets = {s.path: s for s in ctx.results.sockets}
+    sockets = ctx.sockets_by_path
     findings: list[Finding] = []
     for address in sorted({pool.socket.removeprefix("unix:") for pool in ctx.config.php_fpm}):
         pool = discovered.pool_for(address)
