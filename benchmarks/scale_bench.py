@@ -333,7 +333,9 @@ def main() -> int:
     )
     parser.add_argument("--pools", default="1,10,100", help="comma-separated pool counts (default 1,10,100)")
     parser.add_argument("--scrapes", type=int, default=300, help="measured rounds (one scrape of each size)")
-    parser.add_argument("--hung", type=_positive, default=10, help="pools of the largest size to SIGSTOP (1 or more)")
+    parser.add_argument(
+        "--hung", type=_positive, default=10, help="pools of the largest size to SIGSTOP (1 or more)"
+    )
     parser.add_argument("--hung-scrapes", type=int, default=20, help="scrapes with those pools SIGSTOPped")
     parser.add_argument("--accept", choices=sorted(ACCEPTS), default="prometheus",
                         help="Accept header: prometheus (OpenMetrics first, as Prometheus asks) or text")  # fmt: skip
