@@ -107,30 +107,25 @@ def go_float(value: float) -> str:
     return text
 
 
-def _samples(metric: Metric, memo: _Memo) -> list[str]:
-    label_set = memo.label_set
-    return [f"{s.name}{label_set(s.labels)} {go_float(s.value)}\n" for s in metric.samples]
+def _encode(families: Families, head: Callable[[Metric], str], end: str = "") -> bytes:
+    """Each family's head, then a line per sample: ``name{labels} value``."""
+    label_set = _MEMO.label_set
+    parts: list[str] = []
+    for metric in families.collect():
+        parts.append(head(metric))
+        parts += [f"{s.name}{label_set(s.labels)} {go_float(s.value)}\n" for s in metric.samples]
+    parts.append(end)
+    return "".join(parts).encode("utf-8")
 
 
 def generate_text(families: Families) -> bytes:
     """What ``prometheus_client.exposition.generate_latest`` returns for these families."""
-    memo = _MEMO
-    parts: list[str] = []
-    for metric in families.collect():
-        parts.append(memo.text_head(metric))
-        parts += _samples(metric, memo)
-    return "".join(parts).encode("utf-8")
+    return _encode(families, _MEMO.text_head)
 
 
 def generate_openmetrics(families: Families) -> bytes:
     """What ``prometheus_client.openmetrics.exposition.generate_latest`` returns (OpenMetrics 1.0.0)."""
-    memo = _MEMO
-    parts: list[str] = []
-    for metric in families.collect():
-        parts.append(memo.openmetrics_head(metric))
-        parts += _samples(metric, memo)
-    parts.append("# EOF\n")
-    return "".join(parts).encode("utf-8")
+    return _encode(families, _MEMO.openmetrics_head, "# EOF\n")
 
 
 def _parameter(parts: list[str], key: str) -> str:
