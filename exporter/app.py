@@ -201,15 +201,14 @@ def printable_labels(families: Iterable[Metric]) -> Iterator[Metric]:
     file name cannot put raw control bytes (NUL, ESC) into a scrape or a dashboard."""
     for family in families:
         # One search over every label value of the family: most families (thousands of samples with
-        # many pools) have nothing to escape, and a dict per sample was a twentieth of a scrape's CPU.
-        values = "\t".join(value for sample in family.samples for value in sample.labels.values())
-        if printable(values) == values:
-            yield family
-            continue
-        for index, sample in enumerate(family.samples):
-            labels = {name: _printable_label(name, value) for name, value in sample.labels.items()}
-            if labels != sample.labels:
-                family.samples[index] = sample._replace(labels=labels)
+        # many pools) have nothing to escape.
+        values = "\t".join(["\t".join(row) for row, _ in family.rows])
+        if printable(values) != values:
+            names = family.label_names
+            family.rows = [
+                (tuple(_printable_label(name, value) for name, value in zip(names, row, strict=True)), number)
+                for row, number in family.rows
+            ]
         yield family
 
 

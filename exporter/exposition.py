@@ -37,7 +37,7 @@ _ESCAPINGS = frozenset({ALLOW_UTF8, UNDERSCORES, "dots", "values"})
 _WRITTEN_ESCAPINGS = frozenset({UNDERSCORES, ALLOW_UTF8})
 """Escapings that leave legacy-valid names as they are: for our families both are the same bytes."""
 _MEMO_LIMIT = 50_000
-"""Label sets kept at most; past this the memo starts again (label values from hostile files)."""
+"""Prefixes kept at most per family; past this its memo starts again (label values from hostile files)."""
 _TEXT_TYPES = {"gauge": "gauge", "counter": "counter"}
 
 
@@ -46,21 +46,27 @@ def _label_value(value: str) -> str:
 
 
 class _Memo:
-    """Escaped label sets (``{a="x",b="y"}``) and family heads, as prometheus_client writes them."""
+    """Each family's sample-line prefixes (``name{a="x",b="y"} ``) by label values, and family
+    heads, as prometheus_client writes them."""
 
     def __init__(self) -> None:
-        self.labels: dict[tuple[tuple[str, str], ...], str] = {}
+        self.prefixes: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
         self.heads: dict[tuple[str, str, str], str] = {}
         self.om_heads: dict[tuple[str, str, str], str] = {}
 
-    def label_set(self, labels: dict[str, str]) -> str:
-        key = tuple(labels.items())  # in the family's order: the same set each scrape, no sort needed
-        found = self.labels.get(key)
-        if found is None:
-            if len(self.labels) >= _MEMO_LIMIT:
-                self.labels.clear()
-            pairs = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(key))
-            found = self.labels[key] = "{" + pairs + "}" if pairs else ""
+    def prefixes_of(self, metric: Metric) -> dict[tuple[str, ...], str]:
+        """The prefixes made so far for ``metric``'s sample name and label names."""
+        key = (metric.sample_name, metric.label_names)
+        found = self.prefixes.get(key)
+        if found is None or len(found) >= _MEMO_LIMIT:
+            found = self.prefixes[key] = {}
+        return found
+
+    def prefix(self, metric: Metric, values: tuple[str, ...], known: dict[tuple[str, ...], str]) -> str:
+        pairs = ",".join(
+            f'{k}="{_label_value(v)}"' for k, v in sorted(zip(metric.label_names, values, strict=True))
+        )
+        found = known[values] = f"{metric.sample_name}{{{pairs}}} " if pairs else f"{metric.sample_name} "
         return found
 
     def text_head(self, metric: Metric) -> str:
@@ -109,11 +115,15 @@ def go_float(value: float) -> str:
 
 def _encode(families: Families, head: Callable[[Metric], str], end: str = "") -> bytes:
     """Each family's head, then a line per sample: ``name{labels} value``."""
-    label_set = _MEMO.label_set
+    memo = _MEMO
     parts: list[str] = []
     for metric in families.collect():
         parts.append(head(metric))
-        parts += [f"{s.name}{label_set(s.labels)} {go_float(s.value)}\n" for s in metric.samples]
+        known = memo.prefixes_of(metric)
+        parts += [
+            f"{known.get(values) or memo.prefix(metric, values, known)}{go_float(value)}\n"
+            for values, value in metric.rows
+        ]
     parts.append(end)
     return "".join(parts).encode("utf-8")
 

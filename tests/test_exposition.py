@@ -207,6 +207,7 @@ def test_any_families_encode_to_the_librarys_bytes(made: list[Metric]) -> None:
         lambda: GaugeMetricFamily("badgateway_x", "a bad label", labels=["a-b"]),
         lambda: GaugeMetricFamily("badgateway_x", "a reserved label", labels=["__name"]),
         lambda: GaugeMetricFamily("badgateway_x", "value and labels", value=1.0, labels=["a"]),
+        lambda: GaugeMetricFamily("badgateway_x", "a label twice", labels=["a", "a"]),
     ],
 )
 def test_a_family_the_encoders_could_not_write_as_it_is_is_refused(make: Callable[[], Metric]) -> None:
