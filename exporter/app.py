@@ -196,20 +196,35 @@ class Exporter:
             self.watcher.stop()
 
 
+_PRINTABLE_ROWS: set[tuple[str, ...]] = set()
+"""Label-value rows already found printable: the same each scrape (a row's hash is cheaper than
+searching its text again). Past ``_PRINTABLE_ROWS_LIMIT`` it starts again (values from hostile files)."""
+_PRINTABLE_ROWS_LIMIT = 50_000
+
+
 def printable_labels(families: Iterable[Metric]) -> Iterator[Metric]:
     """``families`` with control characters in label values escaped (``\\x1b``): a log line or a
     file name cannot put raw control bytes (NUL, ESC) into a scrape or a dashboard."""
+    known = _PRINTABLE_ROWS
     for family in families:
-        # One search over every label value of the family: most families (thousands of samples with
-        # many pools) have nothing to escape.
-        values = "\t".join(["\t".join(row) for row, _ in family.rows])
-        if printable(values) != values:
-            names = family.label_names
-            family.rows = [
-                (tuple(_printable_label(name, value) for name, value in zip(names, row, strict=True)), number)
-                for row, number in family.rows
-            ]
+        replaced: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for row, _ in family.rows:
+            if row in known or row in replaced:
+                continue
+            cleaned = _printable_row(family.label_names, row)
+            if cleaned != row:
+                replaced[row] = cleaned
+            elif len(known) < _PRINTABLE_ROWS_LIMIT:
+                known.add(row)
+            else:
+                known.clear()
+        if replaced:
+            family.rows = [(replaced.get(row, row), number) for row, number in family.rows]
         yield family
+
+
+def _printable_row(names: tuple[str, ...], row: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_printable_label(name, value) for name, value in zip(names, row, strict=True))
 
 
 def _printable_label(name: str, value: str) -> str:
