@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,37 @@ def test_children_count_and_a_zombie_child_stops_counting(
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert count(check) == 2
+
+
+def _resident_bytes(pids: list[int]) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page for pid in pids)
+
+
+def _wait_for_steady_memory(pids: list[int], seconds: float = 10.0) -> None:
+    """Until the processes have started (their memory the same at two readings 0.1 s apart)."""
+    deadline = time.monotonic() + seconds
+    last = -1
+    while (now := _resident_bytes(pids)) != last:
+        assert time.monotonic() < deadline, "the processes' memory kept changing"
+        last = now
+        time.sleep(0.1)
+
+
+def test_memory_and_users_of_a_service_on_its_first_run_and_when_watched(
+    parent: tuple[subprocess.Popen[str], str, list[int]],
+) -> None:
+    """Each run: the members' ``statm`` memory summed, and their owner (looked at once per process
+    once it has settled). Sleeping processes keep their memory, so the figures match."""
+    proc, tag, pids = parent
+    check = ProcessesCheck(ProcessPatterns(nginx="(?!)", php_fpm=tag, backend="(?!)"))
+    members = [proc.pid, *pids]
+    _wait_for_steady_memory(members)
+    for _ in range(3):
+        found = run(check).of("php_fpm")
+        assert found is not None and found.count == 4
+        assert found.resident_memory_bytes == _resident_bytes(members)
+        assert found.users == (pwd.getpwuid(os.getuid()).pw_name,)
 
 
 def fake_process(root: Path, pid: int, ppid: int, command: str, start_ticks: int = 100) -> None:

@@ -17,6 +17,7 @@ from exporter.families import GaugeMetricFamily, Metric
 
 SERVICES = ("nginx", "php_fpm", "backend")
 _MATCH_CACHE_LIMIT = 4096
+_UID_CACHE_LIMIT = 65536
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class ProcessesCheck:
                     stack.extend(children.get(pid, ()))
             watched |= members
             top = sorted(pid for pid in mains if table[pid].ppid not in members)
-            services.append(self._members.describe(service, [table[pid] for pid in top], members))
+            services.append(self._members.describe(service, [table[pid] for pid in top], members, table))
         self._watched = watched
         return ProcessesResult(services=tuple(services))
 
@@ -164,18 +165,23 @@ class _Members:
         self._table = table
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._user_names: dict[int, str] = {}
+        self._uids: dict[tuple[int, int], int] = {}
 
-    def describe(self, service: str, mains: list[ProcEntry], members: set[int]) -> ServiceProcesses:
+    def describe(
+        self, service: str, mains: list[ProcEntry], members: set[int], table: dict[int, ProcEntry]
+    ) -> ServiceProcesses:
+        """Memory from each member's ``statm`` (exact: ``stat``'s is the kernel's per-CPU estimate,
+        hundreds of KiB off), owners from ``/proc/PID`` (once per process, once it has settled)."""
         rss = 0
         count = 0
         users: set[str] = set()
         for pid in members:
-            try:
-                statm = read_proc_file(f"{self._proc}/{pid}/statm", 256).split()
-                uid = os.stat(f"{self._proc}/{pid}").st_uid
-            except OSError:
+            entry = table.get(pid)
+            uid = self._uid(entry) if entry is not None else None
+            pages = self._resident_pages(pid) if uid is not None else None
+            if uid is None or pages is None:
                 continue
-            rss += int(statm[1]) * self._page_size
+            rss += pages * self._page_size
             users.add(self._user_name(uid))
             count += 1
         return ServiceProcesses(
@@ -187,6 +193,28 @@ class _Members:
             users=tuple(sorted(users)),
             started_at=min((t for e in mains if (t := self._table.started_at(e)) is not None), default=None),
         )
+
+    def _resident_pages(self, pid: int) -> int | None:
+        try:
+            return int(read_proc_file(f"{self._proc}/{pid}/statm", 256).split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _uid(self, entry: ProcEntry) -> int | None:
+        """The owner of ``/proc/PID``, looked at once per process once it has run a while (a worker
+        changes its user right after its fork); None when it has gone."""
+        key = (entry.pid, entry.start_ticks)
+        uid = self._uids.get(key)
+        if uid is None:
+            try:
+                uid = os.stat(f"{self._proc}/{entry.pid}").st_uid
+            except OSError:
+                return None
+            if self._table.settled(entry):
+                if len(self._uids) >= _UID_CACHE_LIMIT:
+                    self._uids.clear()
+                self._uids[key] = uid
+        return uid
 
     def _user_name(self, uid: int) -> str:
         name = self._user_names.get(uid)

@@ -71,6 +71,13 @@ class ProcTable:
             del known[key]
         return table
 
+    @staticmethod
+    def settled(entry: ProcEntry) -> bool:
+        """Whether ``entry`` has run longer than :data:`TITLE_SETTLE_SECONDS` (the boot-time clock is
+        the one ``stat``'s start time counts on)."""
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - entry.start_ticks / _CLOCK_TICKS
+        return age > TITLE_SETTLE_SECONDS
+
     def start_ticks(self, pid: int) -> int | None:
         """``pid``'s start time (``stat`` field 22) now, None when it no longer runs (or is a zombie)."""
         entry = self._read_entry(pid, "")
