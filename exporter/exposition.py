@@ -6,8 +6,8 @@ each distinct label set is escaped once and kept (the sets are the same from one
 next; prometheus_client escapes every label of every sample again on each scrape, and its
 OpenMetrics encoder a name one character at a time: 11 and 25 ms a scrape with 100 pools). The
 ``Accept`` header is read as ``prometheus_client.exposition.choose_encoder`` reads it; a scraper
-that asks for what is not written here (``dots`` or ``values`` escaping, OpenMetrics 2) gets prometheus_client's
-own encoders, imported then. ``tests/test_exposition.py`` holds both formats byte for byte to the
+that asks for what is not written here (``dots`` or ``values`` escaping, OpenMetrics 2) gets
+prometheus_client's own encoders, imported then. ``tests/test_exposition.py`` holds both formats byte for byte to the
 library's output, on a real 100-pool round and on hostile label values.
 """
 

@@ -1,8 +1,9 @@
 """Metric families as prometheus_client's custom collectors build them, without importing it.
 
-``GaugeMetricFamily``, ``CounterMetricFamily``, ``Metric`` and ``Sample`` have prometheus_client's
-names, arguments and attributes, so its encoders and parser take these families as they are (the
-tests hold our exposition byte for byte to its encoders through exactly that). They live here
+``GaugeMetricFamily`` and ``CounterMetricFamily`` take prometheus_client's arguments, and every
+family has its attributes (``name``, ``documentation``, ``type``, ``unit``, ``samples`` of
+``Sample``), so its encoders take these families as they are (the tests hold our exposition byte
+for byte to its encoders through exactly that). They live here
 because importing ``prometheus_client`` at all imports its HTTP server, WSGI app, push gateway
 client and ``ssl`` with it: 7 MiB of a 33 MiB exporter (``docs/performance.md``). Names and label
 names are checked here once per family (letters, digits and ``_``, as every metric of ours is), so
@@ -93,7 +94,7 @@ class Metric:
         return f"Metric({self.name}, {self.documentation}, {self.type}, {self.unit}, {self.samples})"
 
 
-def _family(metric: Metric, value: float | None, labels: Sequence[str] | None) -> None:
+def _add_unlabelled_value(metric: Metric, value: float | None, labels: Sequence[str] | None) -> None:
     if labels is not None and value is not None:
         raise ValueError("Can only specify at most one of value and labels.")
     if value is not None:
@@ -109,7 +110,7 @@ class GaugeMetricFamily(Metric):
         self, name: str, documentation: str, value: float | None = None, labels: Sequence[str] | None = None
     ) -> None:
         super().__init__(name, documentation, "gauge", name, labels or ())
-        _family(self, value, labels)
+        _add_unlabelled_value(self, value, labels)
 
 
 class CounterMetricFamily(Metric):
@@ -122,4 +123,4 @@ class CounterMetricFamily(Metric):
     ) -> None:
         name = name.removesuffix("_total")
         super().__init__(name, documentation, "counter", name + "_total", labels or ())
-        _family(self, value, labels)
+        _add_unlabelled_value(self, value, labels)
