@@ -121,9 +121,10 @@ def _encode(families: Families, head: Callable[[Metric], str], end: str = "") ->
         parts.append(head(metric))
         known = memo.prefixes_of(metric)
         parts += [
-            f"{known.get(values) or memo.prefix(metric, values, known)}{go_float(value)}\n"
+            f"{known.get(values) or memo.prefix(metric, values, known)}"
+            f"{repr(value) if value.__class__ is float and -1e6 < value < 1e6 else go_float(value)}\n"
             for values, value in metric.rows
-        ]
+        ]  # go_float's first branch written in: a call a sample less
     parts.append(end)
     return "".join(parts).encode("utf-8")
 
