@@ -8,15 +8,15 @@ Set ``BADGATEWAY_KEEP_STACK=1`` to keep the folders (configs and logs) after the
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
+from harness.tree import remove_unless_kept, require_stack_binaries
 
-from exporter.demo.stack import Stack, StackError, find_binary, make_root
+from exporter.demo.stack import Stack, StackError, make_root
 
 
 class StackFactory(Protocol):
@@ -27,18 +27,10 @@ class StackFactory(Protocol):
     ) -> Stack: ...
 
 
-def _require_binaries() -> None:
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
-
-
 @pytest.fixture
 def make_stack() -> Iterator[StackFactory]:
     """A factory ``make_stack(**Stack kwargs)`` returning started stacks, all stopped at teardown."""
-    _require_binaries()
+    require_stack_binaries()
     made: list[tuple[Stack, Path]] = []
 
     def factory(
@@ -63,8 +55,7 @@ def make_stack() -> Iterator[StackFactory]:
             stack.stop()
         except StackError as exc:
             errors.append(str(exc))
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root)
     if errors:
         pytest.fail("stack teardown failed:\n" + "\n".join(errors))
 

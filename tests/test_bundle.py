@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from harness.exporters import cli, write_config
+from harness.tree import remove_unless_kept, require_stack_binaries
 
 from exporter.app import Checked
 from exporter.bundle import PendingBundle, write_bundle
@@ -20,7 +21,7 @@ from exporter.bundle.parts import Part, Source, collect, journal_part
 from exporter.cli import main
 from exporter.config import config_from_dict
 from exporter.deadline import Deadline
-from exporter.demo.stack import Stack, StackError, find_binary, make_root
+from exporter.demo.stack import Stack, make_root
 from exporter.diagnosis import Diagnosis
 from exporter.rounds import RoundResults
 
@@ -32,11 +33,7 @@ BACKEND_ENV = {"DATABASE_URL": "postgresql://app:pg-planted@127.0.0.1/app", "API
 @pytest.fixture
 def planted_stack() -> Iterator[Stack]:
     """A started stack whose pool file and backend environment hold secrets."""
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
+    require_stack_binaries()
     root = make_root()
     try:
         stack = Stack(root, backend_env=BACKEND_ENV)
@@ -48,8 +45,7 @@ def planted_stack() -> Iterator[Stack]:
         finally:
             stack.stop()
     finally:
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root)
 
 
 def members(path: Path) -> dict[str, bytes]:

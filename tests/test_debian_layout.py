@@ -26,12 +26,12 @@ import pytest
 import yaml
 from harness import free_port, wait_until
 from harness.exporters import cli
-from harness.tree import spawn_logged
+from harness.tree import remove_unless_kept, require_stack_binaries, spawn_logged
 
 from exporter import app
 from exporter.app import Checked, Exporter
 from exporter.config import Config
-from exporter.demo.stack import ROOT_ENV, StackError, find_binary, make_root, stop_process, unix_connects
+from exporter.demo.stack import ROOT_ENV, find_binary, make_root, stop_process, unix_connects
 from exporter.discovery.merge import load_config
 from exporter.discovery.nginx import TEST_WHERE
 from exporter.metrics import discovery_families
@@ -232,11 +232,7 @@ def _answers(port: int) -> bool:
 @pytest.fixture(scope="module")
 def backend() -> Iterator[int]:
     """The real uvicorn backend (the demo app) behind ``location /api/``."""
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
+    require_stack_binaries(("php-fpm8.2",))
     if (
         not (ETC_NGINX / "sites-available" / "default").exists()
         or not (ETC_FPM / "pool.d" / "www.conf").exists()
@@ -281,8 +277,7 @@ def host(backend: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[DebianHost]:
         yield made
     finally:
         made.stop()
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(made.root, ignore_errors=True)
+        remove_unless_kept(made.root)
 
 
 def fronts(config: Config) -> list[tuple[str, str, str | None]]:

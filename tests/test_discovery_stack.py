@@ -19,13 +19,14 @@ import pytest
 import yaml
 from harness import free_port, wait_until
 from harness.exporters import cli, running_exporter
+from harness.tree import remove_unless_kept, require_stack_binaries
 from test_discovery_tree import Tree
 
 from exporter import app
 from exporter.app import Exporter
 from exporter.checks.processes import listening_addresses
 from exporter.config import Config
-from exporter.demo.stack import ROOT_ENV, StackError, find_binary, http_status, make_root
+from exporter.demo.stack import ROOT_ENV, http_status, make_root
 from exporter.discovery.merge import load_config
 from exporter.families import Metric
 from exporter.metrics import discovery_families as metric_families
@@ -34,18 +35,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nginx/php
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _require() -> None:
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
-
-
 @pytest.fixture(scope="module")
 def backends() -> Iterator[tuple[tuple[int, ...], Path]]:
     """Two real uvicorn backends (the demo app), each with its own fault folder."""
-    _require()
+    require_stack_binaries()
     root = make_root("badgateway-disc-backends-")
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
@@ -99,8 +92,7 @@ def make_tree(backends: tuple[tuple[int, ...], Path]) -> Iterator[TreeFactory]:
     yield factory
     for tree in made:
         tree.stop()
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(tree.root, ignore_errors=True)
+        remove_unless_kept(tree.root)
 
 
 def backend_pattern(ports: tuple[int, ...]) -> str:

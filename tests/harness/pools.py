@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import psutil
 
 from exporter.demo.stack import (
     ROOT_ENV,
-    StackError,
     find_binary,
     http_status,
     make_root,
@@ -36,7 +34,7 @@ from exporter.demo.stack import (
     unix_connects,
 )
 from harness import free_port, wait_until
-from harness.tree import readable_dir, readable_file, spawn_logged
+from harness.tree import readable_dir, readable_file, remove_unless_kept, require_stack_binaries, spawn_logged
 
 _TIMEOUT = 30.0
 WORKER_USER = "www-data"
@@ -347,13 +345,7 @@ pm.max_children = 1
 def running_farm(pools: int, prefix: str) -> Iterator[PoolFarm]:
     """A started :class:`PoolFarm` of ``pools`` pools under a fresh root, stopped and removed after
     (kept with ``BADGATEWAY_KEEP_STACK``); the test is skipped when nginx or PHP-FPM is missing."""
-    import pytest  # this module also serves the benchmarks, outside pytest
-
-    try:
-        find_binary("BADGATEWAY_NGINX", ["nginx"])
-        find_binary("BADGATEWAY_PHP_FPM", ["php-fpm8.2", "php-fpm8.3", "php-fpm"])
-    except StackError as exc:
-        pytest.skip(f"real stack unavailable: {exc}")
+    require_stack_binaries()
     root = make_root(prefix)
     farm = PoolFarm(root, pools)
     try:
@@ -361,5 +353,4 @@ def running_farm(pools: int, prefix: str) -> Iterator[PoolFarm]:
         yield farm
     finally:
         farm.stop()
-        if not os.environ.get("BADGATEWAY_KEEP_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root)

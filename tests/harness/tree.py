@@ -4,6 +4,8 @@ below ``root/log``."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,3 +35,25 @@ def spawn_logged(argv: list[str], root: Path, log: str) -> subprocess.Popen[byte
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=root,
             start_new_session=True,
         )  # fmt: skip
+
+
+def remove_unless_kept(root: Path | str) -> None:
+    """Remove a stack's temporary root, unless ``BADGATEWAY_KEEP_STACK`` asks to keep it (configs, logs)."""
+    if not os.environ.get("BADGATEWAY_KEEP_STACK"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+PHP_FPM_BINARIES = ("php-fpm8.2", "php-fpm8.3", "php-fpm")
+
+
+def require_stack_binaries(php_fpm: tuple[str, ...] = PHP_FPM_BINARIES) -> None:
+    """Skip the test unless nginx and one of ``php_fpm`` are installed."""
+    import pytest  # the harness also serves the benchmarks, outside pytest
+
+    from exporter.demo.stack import StackError, find_binary
+
+    try:
+        find_binary("BADGATEWAY_NGINX", ["nginx"])
+        find_binary("BADGATEWAY_PHP_FPM", list(php_fpm))
+    except StackError as exc:
+        pytest.skip(f"real stack unavailable: {exc}")
