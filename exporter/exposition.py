@@ -38,7 +38,6 @@ _WRITTEN_ESCAPINGS = frozenset({UNDERSCORES, ALLOW_UTF8})
 """Escapings that leave legacy-valid names as they are: for our families both are the same bytes."""
 _MEMO_LIMIT = 50_000
 """Prefixes kept at most per family; past this its memo starts again (label values from hostile files)."""
-_TEXT_TYPES = {"gauge": "gauge", "counter": "counter"}
 
 
 def _label_value(value: str) -> str:
@@ -78,7 +77,7 @@ class _Memo:
                 self.heads.clear()
             name = metric.name + "_total" if metric.type == "counter" else metric.name
             doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-            found = self.heads[key] = f"# HELP {name} {doc}\n# TYPE {name} {_TEXT_TYPES[metric.type]}\n"
+            found = self.heads[key] = f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n"
         return found
 
     def openmetrics_head(self, metric: Metric) -> str:

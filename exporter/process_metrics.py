@@ -17,6 +17,7 @@ from functools import cache
 from exporter.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 _PROC_SELF = "/proc/self"
+_CPYTHON = platform.python_implementation() == "CPython"  # gc.get_stats() means what the GC families say
 
 
 @cache
@@ -120,5 +121,5 @@ def own_families() -> Iterator[Metric]:
     """What prometheus_client's default registry adds to every exporter: process, platform, GC."""
     yield from process_families()
     yield _platform_family()
-    if platform.python_implementation() == "CPython":
+    if _CPYTHON:
         yield from _gc_families()
