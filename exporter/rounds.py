@@ -23,7 +23,7 @@ from exporter.checks.nginx_config import NginxConfigCheck, NginxConfigResult
 from exporter.checks.php_fpm_config import PhpFpmConfigCheck, PhpFpmConfigResult
 from exporter.checks.processes import ProcessesCheck, ProcessesResult
 from exporter.checks.resources import OomKillWindow, ResourcesCheck, ResourcesResult, oom_kills_in_kernel_log
-from exporter.checks.sockets import SocketResult, SocketsCheck
+from exporter.checks.sockets import SocketResult, SocketsCheck, with_connect
 from exporter.checks.units import UnitsCheck, UnitsResult
 from exporter.config import Config, backend_sockets
 from exporter.deadline import Deadline
@@ -141,10 +141,10 @@ def build_checks(config: Config, watcher: LogWatcher | None) -> list[Check[Any]]
         units = config.units
         journal = JournalReader(units.journal_lines, units.journalctl, units.journal_directory)
         checks.append(UnitsCheck(names, units.bus_address, units.restart_window_seconds, journal))
-    unix_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
-    unix_sockets += [path for path in backend_sockets(config) if path not in unix_sockets]
+    pool_sockets = [pool.socket.removeprefix("unix:") for pool in config.php_fpm if _is_unix(pool.socket)]
+    unix_sockets = pool_sockets + [path for path in backend_sockets(config) if path not in pool_sockets]
     checks += [
-        SocketsCheck(unix_sockets, config.nginx_user),
+        SocketsCheck(unix_sockets, config.nginx_user, probed=pool_sockets),
         ProcessesCheck(
             config.processes,
             pid_files=config.pid_files,
@@ -291,11 +291,11 @@ class Prober:
                 )
             )
         http_results: tuple[HttpResult, ...] = _first(values, HttpProbesCheck.collector) or ()
-        socket_results: tuple[SocketResult, ...] = _first(values, SocketsCheck.collector) or ()
+        fastcgi_results = tuple(r for batch in values.get(FastCGIPoolsCheck.collector, ()) for r in batch)
+        socket_results = _with_probe_connects(_first(values, SocketsCheck.collector) or (), fastcgi_results)
         backend_paths = set(backend_sockets(self.config))
         php_sockets = tuple(s for s in socket_results if s.path not in backend_paths)
         alternatives = socket_alternatives(self.config.discovered, php_sockets)
-        fastcgi_results = tuple(r for batch in values.get(FastCGIPoolsCheck.collector, ()) for r in batch)
         return RoundResults(
             timeout_seconds=timeout_seconds,
             sockets=socket_results,
@@ -355,6 +355,15 @@ def _merge_outcomes(outcomes: list[CollectorOutcome]) -> tuple[CollectorOutcome,
             previous.error or outcome.error,
         )
     return tuple(merged[name] for name in sorted(merged))
+
+
+def _with_probe_connects(
+    sockets: tuple[SocketResult, ...], fastcgi: tuple[FastCGIResult, ...]
+) -> tuple[SocketResult, ...]:
+    """Each pool socket's ``connect()``: the one its FastCGI probe made this round (one of the socket
+    check's own where the probe gave none)."""
+    made = {r.socket.removeprefix("unix:"): r.connect_errno for r in fastcgi}
+    return tuple(with_connect(s, made.get(s.path)) for s in sockets)
 
 
 def _first(values: dict[str, list[Any]], collector: str) -> Any:

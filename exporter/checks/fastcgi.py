@@ -103,6 +103,8 @@ class FastCGIResult:
     probe: Probe = "ping"
     """What was asked: ``ping`` (ping.path, answer compared), ``status`` (only the status page), or
     ``connect`` (neither is configured: only that the socket accepts)."""
+    connect_errno: int | None = None
+    """How the probe's first ``connect()`` ended: 0 connected, else its errno; None: not tried."""
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,8 @@ class _Exchange:
     ``request`` None: connect only.
     """
 
-    __slots__ = ("_buffer", "_request", "_sent", "_size", "_stderr", "_stdout", "address", "deadline",
-                 "failure", "phase", "response", "sock")  # fmt: skip
+    __slots__ = ("_buffer", "_request", "_sent", "_size", "_stderr", "_stdout", "address", "connect_errno",
+                 "deadline", "failure", "phase", "response", "sock")  # fmt: skip
 
     def __init__(self, address: Address, request: bytes | None, deadline: Deadline) -> None:
         self.address = address
@@ -212,6 +214,7 @@ class _Exchange:
         self.phase: Literal["new", "connect", "send", "read", "done"] = "new"
         self.failure: ProbeFailed | None = None
         self.response: FastCGIResponse | None = None
+        self.connect_errno: int | None = None  # 0 once connected
         self._buffer = bytearray()
         self._sent = 0
         self._size = 0
@@ -269,6 +272,8 @@ class _Exchange:
             "connect": "connect() timed out",
             "send": "sending the request timed out",
         }.get(self.phase, "no answer before the deadline")
+        if self.phase == "connect":
+            self.connect_errno = errno.ETIMEDOUT
         self._finish(ProbeFailed(FailureReason.TIMEOUT, detail))
 
     def close(self) -> None:
@@ -288,10 +293,12 @@ class _Exchange:
         self.phase = "done"
 
     def _connect_failed(self, number: int | None, text: str | None) -> None:
+        self.connect_errno = number or errno.EIO
         reason = _CONNECT_ERRORS.get(number or 0, FailureReason.CONNECTION_REFUSED)
         self._finish(ProbeFailed(reason, f"connect() failed ({number}: {text})"))
 
     def _connected(self) -> None:
+        self.connect_errno = 0
         if self._request is None:
             self._finish()
         elif self.deadline.expired():
@@ -462,6 +469,7 @@ class _PoolProbe:
     failure: ProbeFailed | None = None
     status_failure: ProbeFailed | None = None
     pool_status: PoolStatus | None = None
+    connect_errno: int | None = None  # of the first exchange
 
     def first(self) -> _Exchange:
         target = self.target
@@ -473,6 +481,8 @@ class _PoolProbe:
         return self._status_exchange()
 
     def advance(self, finished: _Exchange) -> _Exchange | None:
+        if self.connect_errno is None:
+            self.connect_errno = finished.connect_errno
         if self.stage == "connect":
             self.failure = finished.failure
         elif self.stage == "ping":
@@ -527,6 +537,7 @@ class _PoolProbe:
             status_failure=status_failure.reason if status_failure else None,
             status_detail=status_failure.detail if status_failure else None,
             probe="ping" if pool.ping_path else ("status" if pool.status_path else "connect"),
+            connect_errno=self.connect_errno,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import grp
@@ -100,30 +101,41 @@ class SocketResult:
     user_known: bool
     accessible: bool | None  # None when the user does not exist on this host
     blocked_by: BlockedPath | None
-    connectable: bool
+    connectable: bool | None
+    """``connect()`` succeeded; None until the round fills in the FastCGI probe's own connect
+    (:func:`with_connect`): a check of its own was one more connection per pool for PHP-FPM to take."""
     connect_errno: int | None
     connect_error: str | None
 
 
 class SocketsCheck:
-    """Existence, ownership, the worker user's access and ``connect()`` of each unix socket."""
+    """Existence, ownership, the worker user's access and ``connect()`` of each unix socket.
+
+    ``probed``: the sockets the FastCGI probe connects to in the same round; their ``connect()`` is
+    the probe's (:func:`with_connect`), not a second one.
+    """
 
     collector = "sockets"
 
-    def __init__(self, paths: Iterable[str], user: str) -> None:
+    def __init__(self, paths: Iterable[str], user: str, probed: Iterable[str] = ()) -> None:
         self._paths = tuple(paths)
+        self._probed = frozenset(probed)
         self._user = user
         self._identity: UserIdentity | None = None
         self._identity_read_at = -_IDENTITY_TTL_SECONDS
 
     def run(self, deadline: Deadline) -> tuple[SocketResult, ...]:
+        del deadline  # nothing here waits: stat() and a non-blocking connect()
         now = time.monotonic()
         if now - self._identity_read_at >= _IDENTITY_TTL_SECONDS:
             # Reading /etc/group on every scrape would cost more than the rest of the check.
             self._identity, self._identity_read_at = UserIdentity.lookup(self._user), now
         identity = self._identity
         folders: dict[str, BlockedPath | None] = {}  # the sockets' shared parents, looked at once a run
-        return tuple(inspect_socket(path, self._user, identity, deadline, folders) for path in self._paths)
+        return tuple(
+            inspect_socket(path, self._user, identity, folders, connect=path not in self._probed)
+            for path in self._paths
+        )
 
 
 def _name_of_uid(uid: int) -> str:
@@ -212,10 +224,11 @@ def inspect_socket(
     path: str,
     user: str,
     identity: UserIdentity | None,
-    deadline: Deadline,
     folders: dict[str, BlockedPath | None] | None = None,
+    connect: bool = True,
 ) -> SocketResult:
-    """Look at one socket path: ``ls -la``, the user's access, then a real ``connect()``."""
+    """Look at one socket path: ``ls -la``, the user's access, then a real ``connect()`` (``connect``
+    False: left to the round, ``connectable`` None)."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -228,13 +241,10 @@ def inspect_socket(
     is_socket = stat.S_ISSOCK(st.st_mode)
     blocked = find_blocker(path, identity, folders) if identity else None
     connect_errno: int | None = None
-    connect_error: str | None = None
-    if is_socket:
-        connect_errno = _try_connect(path, deadline)
-        if connect_errno is not None:
-            connect_error = "timed out" if connect_errno == errno.ETIMEDOUT else os.strerror(connect_errno)
-    else:
-        connect_errno, connect_error = errno.ENOTSOCK, "not a socket"
+    if not is_socket:
+        connect_errno = errno.ENOTSOCK
+    elif connect:
+        connect_errno = try_connect(path)
     return SocketResult(
         path=path,
         exists=True,
@@ -246,24 +256,38 @@ def inspect_socket(
         user_known=identity is not None,
         accessible=(blocked is None and is_socket) if identity else None,
         blocked_by=blocked,
-        connectable=is_socket and connect_errno is None,
+        connectable=None if is_socket and not connect else connect_errno is None,
         connect_errno=connect_errno,
-        connect_error=connect_error,
+        connect_error=_connect_error(connect_errno),
     )
 
 
-def _try_connect(path: str, deadline: Deadline) -> int | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect_error(number: int | None) -> str | None:
+    return None if number is None else ("not a socket" if number == errno.ENOTSOCK else os.strerror(number))
+
+
+def try_connect(path: str) -> int | None:
+    """``connect()`` to a unix socket: None if it succeeds, else the errno. Non-blocking: a full
+    backlog answers EAGAIN at once rather than holding the check."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.settimeout(deadline.remaining())
         sock.connect(path)
-    except TimeoutError:
-        return errno.ETIMEDOUT
     except OSError as exc:
         return exc.errno or errno.EIO
     finally:
         sock.close()
     return None
+
+
+def with_connect(result: SocketResult, probe_errno: int | None) -> SocketResult:
+    """``result`` with the ``connect()`` the FastCGI probe made to it (``probe_errno``: 0 when it
+    connected); one of its own if the probe gave none (it did not run or finish)."""
+    if result.connectable is not None:
+        return result
+    number = try_connect(result.path) if probe_errno is None else (probe_errno or None)
+    return dataclasses.replace(
+        result, connectable=number is None, connect_errno=number, connect_error=_connect_error(number)
+    )
 
 
 def metric_families(results: Iterable[SocketResult]) -> Iterable[Metric]:
@@ -290,5 +314,6 @@ def metric_families(results: Iterable[SocketResult]) -> Iterable[Metric]:
             info.add_metric([result.path, result.owner, result.group or "", result.mode or ""], 1.0)
         if result.accessible is not None:
             accessible.add_metric([result.path, result.user], float(result.accessible))
-        connectable.add_metric([result.path], float(result.connectable))
+        if result.connectable is not None:
+            connectable.add_metric([result.path], float(result.connectable))
     return (exists, info, accessible, connectable)
