@@ -1,5 +1,6 @@
-"""The local checks run one after the other on one thread (the lane); a stuck one costs only itself
-and the checks behind it in that round, and later rounds run the others again."""
+"""The local checks run one after the other on one thread (the lane), once the FastCGI probes are back
+or have had their head start; a stuck one costs only itself and the checks behind it in that round,
+and later rounds run the others again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from exporter.config import config_from_dict
 from exporter.deadline import Deadline
-from exporter.rounds import LOCAL_COLLECTORS, Prober, _Task
+from exporter.rounds import LANE_HEAD_START_SECONDS, LOCAL_COLLECTORS, Prober, _Task
 
 
 class Local:
@@ -20,12 +21,16 @@ class Local:
         self.collector = collector
         self.hold = hold
         self.threads: list[str] = []
+        self.started: list[float] = []
+        self.ended: list[float] = []
 
     def run(self, deadline: Deadline) -> Any:
         self.threads.append(threading.current_thread().name)
+        self.started.append(time.monotonic())
         if self.hold is not None:
             self.hold.wait(10)
-        return () if self.collector == "sockets" else None
+        self.ended.append(time.monotonic())
+        return () if self.collector in ("sockets", "fastcgi") else None
 
 
 def prober(*checks: Local) -> Prober:
@@ -77,6 +82,33 @@ def test_a_stuck_local_check_costs_itself_and_what_is_behind_it_then_only_itself
             "logs": (True, None),  # a new lane runs it
         }
         assert (len(sockets.threads), len(processes.threads), len(logs.threads)) == (2, 1, 1)
+    finally:
+        hold.set()
+        made.close()
+
+
+def test_the_lane_starts_once_the_fastcgi_probes_are_back() -> None:
+    fastcgi, sockets = Local("fastcgi"), Local("sockets")
+    made = prober(fastcgi, sockets)
+    try:
+        results = made.run_round(2.0)
+    finally:
+        made.close()
+    assert all(ok for ok, _ in outcomes(results).values())
+    assert sockets.started[0] >= fastcgi.ended[0]
+
+
+def test_a_hung_fastcgi_probe_holds_the_lane_back_only_for_its_head_start() -> None:
+    hold = threading.Event()
+    fastcgi, sockets = Local("fastcgi", hold), Local("sockets")
+    made = prober(fastcgi, sockets)
+    try:
+        results = made.run_round(0.5)
+        assert outcomes(results) == {
+            "fastcgi": (False, "did not finish before the deadline"),
+            "sockets": (True, None),
+        }
+        assert LANE_HEAD_START_SECONDS <= sockets.started[0] - fastcgi.started[0] < 0.25
     finally:
         hold.set()
         made.close()
