@@ -3,13 +3,16 @@ at a time, more than 1 MiB. Each ends as its own reason, at its deadline at the 
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 import threading
+from pathlib import Path
 
 from harness.peers import hung_and_answering, peer
 
 from exporter.checks.fastcgi import FailureReason, FastCGICheck, FastCGIPoolsCheck
+from exporter.checks.nonblocking import MAX_IN_FLIGHT
 from exporter.config import PhpFpmPool
 from exporter.deadline import Deadline
 
@@ -115,3 +118,45 @@ def test_a_hung_peer_does_not_hold_back_the_others() -> None:
         (hung, False, FailureReason.TIMEOUT),
         *[(good, True, None)] * 5,
     ]
+
+
+def test_more_pools_than_connections_at_once_each_get_their_own_answer(tmp_path: Path) -> None:
+    """More pools than MAX_IN_FLIGHT, each on a socket of its own that answers its own name: every
+    pool ends up, with its own answer (descriptors are reused as connections end; none gets another's)."""
+    count = MAX_IN_FLIGHT + 44
+    listeners = {}
+    for index in range(count):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / f"p{index}.sock"))
+        listener.listen(4)
+        listeners[listener] = f"p{index}".encode()
+    stop = threading.Event()
+
+    def serve() -> None:
+        with selectors.DefaultSelector() as selector:
+            for listener in listeners:
+                selector.register(listener, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in selector.select(0.05):
+                    listener = key.fileobj
+                    assert isinstance(listener, socket.socket)
+                    conn, _ = listener.accept()
+                    with conn:
+                        read_request(conn)
+                        conn.sendall(answer(listeners[listener]))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        pools = [
+            PhpFpmPool(socket=str(tmp_path / f"p{index}.sock"), ping_response=f"p{index}", status_path=None)
+            for index in range(count)
+        ]
+        results = FastCGIPoolsCheck(pools).run(Deadline.after(10.0))
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        for listener in listeners:
+            listener.close()
+    assert [(r.up, r.failure, r.detail) for r in results] == [(True, None, None)] * count
+    assert [r.connect_errno for r in results] == [0] * count

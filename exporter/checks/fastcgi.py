@@ -238,8 +238,7 @@ class _Exchange:
 
     def start(self) -> None:
         try:
-            self.sock = socket.socket(self.address.family, socket.SOCK_STREAM)
-            self.sock.setblocking(False)
+            self.sock = socket.socket(self.address.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             self.sock.connect(self.address.target)
         except BlockingIOError as exc:
             if exc.errno == errno.EINPROGRESS:  # TCP: writable once connected

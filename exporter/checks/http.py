@@ -174,8 +174,7 @@ class _HttpExchange:
                     request.host, request.port, type=socket.SOCK_STREAM
                 )[0]
                 address = (str(resolved[0]), int(resolved[1]))
-            self.sock = socket.socket(family, socket.SOCK_STREAM)
-            self.sock.setblocking(False)
+            self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             self.sock.connect(address)
         except BlockingIOError as exc:
             if exc.errno == errno.EINPROGRESS:  # TCP: writable once connected
