@@ -13,7 +13,7 @@ the encoders need not escape them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -79,6 +79,15 @@ class Metric:
                 f"{self.name}: {len(values)} label values for {len(self.label_names)} label names"
             )
         self.rows.append((values, value))
+
+    def add_rows(self, rows: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """Many samples at once, each ``(label values, value)``: what a check with 100 pools builds
+        (one call a family, not one a sample)."""
+        added = list(rows)
+        width = len(self.label_names)
+        if any(len(values) != width for values, _ in added):
+            raise ValueError(f"{self.name}: label values not {width} in every row")
+        self.rows += added
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Metric) and (self.name, self.documentation, self.type, self.samples) == (

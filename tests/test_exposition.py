@@ -219,3 +219,17 @@ def test_a_sample_with_the_wrong_number_of_label_values_is_refused() -> None:
     family = GaugeMetricFamily("badgateway_x", "x", labels=["a", "b"])
     with pytest.raises(ValueError):
         family.add_metric(["only one"], 1.0)
+
+
+def test_rows_added_at_once_are_the_samples_added_one_by_one_and_checked_alike() -> None:
+    one_by_one = GaugeMetricFamily("badgateway_x", "x", labels=["a", "b"])
+    at_once = GaugeMetricFamily("badgateway_x", "x", labels=["a", "b"])
+    rows = [(("p", "q"), 1.0), (("r", "s"), 0.5)]
+    for values, value in rows:
+        one_by_one.add_metric(list(values), value)
+    at_once.add_rows(iter(rows))
+    assert at_once == one_by_one
+    assert at_once.samples[1].labels == {"a": "r", "b": "s"}
+    with pytest.raises(ValueError):
+        at_once.add_rows([(("p", "q"), 1.0), (("only one",), 2.0)])
+    assert len(at_once.rows) == 2  # a refused batch adds nothing

@@ -593,6 +593,9 @@ _POOL_COUNTERS = (
 )
 
 
+_REASONS = tuple((reason, reason.value) for reason in FailureReason)
+
+
 def metric_families(results: Iterable[FastCGIResult]) -> Iterable[Metric]:
     """``fastcgi_*`` probe metrics and ``phpfpm_*`` pool figures."""
     results = tuple(results)
@@ -609,24 +612,19 @@ def metric_families(results: Iterable[FastCGIResult]) -> Iterable[Metric]:
         "1 for the reason the FastCGI probe currently fails, 0 for the others.",
         labels=["socket", "reason"],
     )
-    for result in results:
-        up.add_metric([result.socket], float(result.up))
-        duration.add_metric([result.socket], result.duration_seconds)
-        for reason in FailureReason:
-            failure.add_metric([result.socket, reason.value], float(result.failure == reason))
+    up.add_rows(((r.socket,), float(r.up)) for r in results)
+    duration.add_rows(((r.socket,), r.duration_seconds) for r in results)
+    failure.add_rows(
+        ((r.socket, text), float(r.failure == reason)) for r in results for reason, text in _REASONS
+    )
     families: list[Metric] = [up, duration, failure]
+    with_status = [(r.socket, r.pool_status) for r in results if r.pool_status is not None]
     for name, doc, attr in _POOL_GAUGES:
         family = GaugeMetricFamily(f"badgateway_phpfpm_{name}", doc, labels=["socket", "pool"])
-        for result in results:
-            if result.pool_status is not None:
-                status = result.pool_status
-                family.add_metric([result.socket, status.pool], float(getattr(status, attr)))
+        family.add_rows(((sock, status.pool), float(getattr(status, attr))) for sock, status in with_status)
         families.append(family)
     for name, doc, attr in _POOL_COUNTERS:
         counter = CounterMetricFamily(f"badgateway_phpfpm_{name}", doc, labels=["socket", "pool"])
-        for result in results:
-            if result.pool_status is not None:
-                status = result.pool_status
-                counter.add_metric([result.socket, status.pool], float(getattr(status, attr)))
+        counter.add_rows(((sock, status.pool), float(getattr(status, attr))) for sock, status in with_status)
         families.append(counter)
     return families

@@ -308,12 +308,13 @@ def metric_families(results: Iterable[SocketResult]) -> Iterable[Metric]:
     connectable = GaugeMetricFamily(
         "badgateway_socket_connectable", "1 if connect() to the socket succeeds.", labels=["socket"]
     )
-    for result in results:
-        exists.add_metric([result.path], float(result.exists and result.is_socket))
-        if result.exists and result.owner is not None:
-            info.add_metric([result.path, result.owner, result.group or "", result.mode or ""], 1.0)
-        if result.accessible is not None:
-            accessible.add_metric([result.path, result.user], float(result.accessible))
-        if result.connectable is not None:
-            connectable.add_metric([result.path], float(result.connectable))
+    results = tuple(results)
+    exists.add_rows(((r.path,), float(r.exists and r.is_socket)) for r in results)
+    info.add_rows(
+        ((r.path, r.owner, r.group or "", r.mode or ""), 1.0)
+        for r in results
+        if r.exists and r.owner is not None
+    )
+    accessible.add_rows(((r.path, r.user), float(r.accessible)) for r in results if r.accessible is not None)
+    connectable.add_rows(((r.path,), float(r.connectable)) for r in results if r.connectable is not None)
     return (exists, info, accessible, connectable)
