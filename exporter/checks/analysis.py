@@ -90,8 +90,29 @@ def _cached_primary_group(user: str, stamp: tuple[int, ...]) -> str:
         return user
 
 
+_PREDICTED: dict[tuple[int, str, tuple[int, ...]], tuple[PoolFacts, PredictedAccess | None]] = {}
+_PREDICTED_LIMIT = 4096
+
+
 def predict_access(pool: PoolFacts, user: str) -> PredictedAccess | None:
-    """What the pool's ``listen.owner/group/mode`` (or ACLs) mean for ``user``; None for TCP or unknown users."""
+    """What the pool's ``listen.owner/group/mode`` (or ACLs) mean for ``user``; None for TCP or unknown users.
+
+    Remembered per pool, user and state of the account files (:func:`accounts_stamp`): the diagnosis
+    asks for every pool every round, and it was a quarter of the diagnosis with 100 pools. The entry
+    holds the pool, so its ``id`` is not reused while the entry is there.
+    """
+    key = (id(pool), user, accounts_stamp())
+    found = _PREDICTED.get(key)
+    if found is not None and found[0] is pool:
+        return found[1]
+    if len(_PREDICTED) >= _PREDICTED_LIMIT:
+        _PREDICTED.clear()
+    predicted = _predict(pool, user)
+    _PREDICTED[key] = (pool, predicted)
+    return predicted
+
+
+def _predict(pool: PoolFacts, user: str) -> PredictedAccess | None:
     listen = pool.listen
     who = UserIdentity.cached(user)
     if listen is None or not listen.startswith("/") or who is None:
