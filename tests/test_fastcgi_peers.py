@@ -138,12 +138,12 @@ def test_more_pools_than_connections_at_once_each_get_their_own_answer(tmp_path:
                 selector.register(listener, selectors.EVENT_READ)
             while not stop.is_set():
                 for key, _ in selector.select(0.05):
-                    listener = key.fileobj
-                    assert isinstance(listener, socket.socket)
-                    conn, _ = listener.accept()
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    conn, _ = ready.accept()
                     with conn:
                         read_request(conn)
-                        conn.sendall(answer(listeners[listener]))
+                        conn.sendall(answer(listeners[ready]))
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
