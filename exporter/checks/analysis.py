@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from exporter.checks.sockets import SocketResult, UserIdentity, accounts_stamp
+from exporter.checks.sockets import SocketResult, UserIdentity, accounts_stamp, try_connect
 from exporter.discovery.model import Discovered, Origin, Pass, PoolFacts, Timeout, listen_address
-
-_CONNECT_TIMEOUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -171,18 +168,13 @@ def _mode_allows(who: UserIdentity, owner: str, group: str, mode: int) -> bool:
 
 
 def _live(path: str) -> bool:
+    """A unix socket that accepts a ``connect()`` now (the sockets check's own, non-blocking)."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             return False
     except OSError:
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(_CONNECT_TIMEOUT)
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-    return True
+    return try_connect(path) is None
 
 
 def live_pool_sockets(
